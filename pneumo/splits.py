@@ -1,0 +1,80 @@
+"""Patient-grouped, class-stratified validation split carved out of train.
+
+The Kaggle set's own val/ holds 16 images, useless for model selection, and many patients have
+several images: a random image-level split would put the same patient on both sides and inflate
+validation metrics. Patients are parsed from the Kaggle file names.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# The three Kaggle naming patterns; the patient is everything before the per-image counter.
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+$", re.IGNORECASE),  # person1946_bacteria_4874
+    re.compile(r"^(NORMAL2-IM-\d+)-\d+$", re.IGNORECASE),                 # NORMAL2-IM-1427-0001
+    re.compile(r"^(IM-\d+)-\d+$", re.IGNORECASE),                         # IM-0115-0001
+)
+
+
+def patient_id(path: str | Path) -> str:
+    """Patient id from a Kaggle file name; an unknown name is its own patient (the whole stem)."""
+    stem = Path(path).stem
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def patient_split(paths: Sequence[str | Path], labels: Sequence[int], val_fraction: float,
+                  seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): about `val_fraction` of each class's images go to val, whole patients only.
+
+    Deterministic for a given file list and seed. Each class needs at least two patients so that
+    both sides keep that class; otherwise a ValueError says what to do.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        groups[patient_id(path)].append(index)
+    # A patient's class is its majority label (Kaggle patients never mix classes).
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for patient in sorted(groups):
+        votes = [labels[i] for i in groups[patient]]
+        by_class[max(set(votes), key=votes.count)].append(patient)
+
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for label in sorted(by_class):
+        patients = by_class[label]
+        if len(patients) < 2:
+            raise ValueError(
+                f"class {label} has {len(patients)} patient(s) in the training folder: a patient-grouped "
+                f"validation split needs at least 2 per class. Add images or use data.val_strategy=folder.")
+        order = [patients[i] for i in rng.permutation(len(patients))]
+        target = val_fraction * sum(len(groups[p]) for p in patients)
+        taken = 0
+        for patient in order[:-1]:  # the last patient always stays in train
+            if taken >= target and taken > 0:
+                break
+            val.extend(groups[patient])
+            taken += len(groups[patient])
+    val_set = set(val)
+    train = [i for i in range(len(paths)) if i not in val_set]
+    return train, sorted(val)
+
+
+def write_split(path: Path, root: Path, train: Sequence[str | Path], val: Sequence[str | Path]) -> Path:
+    """split.json with file paths relative to the data root, so the split is portable."""
+    def rel(items: Sequence[str | Path]) -> list[str]:
+        return [Path(p).resolve().relative_to(root.resolve()).as_posix() for p in items]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"train": rel(train), "val": rel(val)}, indent=1))
+    return path
