@@ -1,0 +1,149 @@
+"""The LightningModule: loss, optimiser, device-side preprocessing and epoch-level clinical metrics."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from pneumo.metrics import choose_threshold
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix,
+                                         BinaryPrecision, BinaryRecall, BinarySpecificity)
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def epoch_metrics() -> MetricCollection:
+    """Metrics accumulated over a whole epoch (not averaged per batch), named as they are logged."""
+    return MetricCollection({
+        "recall": BinaryRecall(), "precision": BinaryPrecision(), "specificity": BinarySpecificity(),
+        "acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "confusion": BinaryConfusionMatrix(),
+    })
+
+
+def flatten_epoch_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Scalars for the logger: the confusion matrix becomes prefix/tp, /fp, /tn, /fn."""
+    flat = {f"{prefix}/{name}": value for name, value in values.items() if name != "confusion"}
+    (tn, fp), (fn, tp) = values["confusion"].tolist()
+    flat.update({f"{prefix}/tp": float(tp), f"{prefix}/fp": float(fp),
+                 f"{prefix}/tn": float(tn), f"{prefix}/fn": float(fn)})
+    return flat
+
+
+class PneumoniaClassifier(L.LightningModule):
+    """Binary classifier (1 = pneumonia) around any backbone that returns one logit per image."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
+                 augment: nn.Module | None = None, pos_weight: float | None = None,
+                 channels_last: bool = True, in_channels: int = 3, mean: list[float] | None = None,
+                 std: list[float] | None = None, monitor: str = "val/auroc",
+                 threshold_policy: str = "sensitivity", target_sensitivity: float = 0.95) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.augment = augment
+        self.channels_last, self.in_channels, self.monitor = channels_last, in_channels, monitor
+        weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=weight)
+        # Normalisation constants travel with the model (they belong to its pretrained weights).
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) if mean else None, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) if std else None, persistent=False)
+        self.val_metrics = epoch_metrics()
+        self.test_metrics = epoch_metrics()
+        self.extra_checkpoint: dict[str, Any] = {}
+        # The operating threshold is chosen on each epoch's validation scores and saved with the
+        # checkpoint of that epoch, so evaluation uses the threshold that belongs to the weights.
+        self.threshold_policy, self.target_sensitivity = threshold_policy, target_sensitivity
+        self.threshold: dict[str, Any] = {"policy": "fixed", "value": 0.5}
+        self.val_scores: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- device-side preprocessing ---------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float model input: [0, 1], augmented in training, channels expanded."""
+        x = images.float().div_(255)
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(images, train=training), labels.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str,
+                   metrics: MetricCollection) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{prefix}/loss", self.loss(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        probs = torch.sigmoid(logits.float())
+        metrics.update(probs, y.long())
+        return probs
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        probs = self._eval_step(batch, "val", self.val_metrics)
+        self._val_batches.append((batch[1].detach(), probs.detach()))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return torch.sigmoid(self(x).float())
+
+    def _log_epoch(self, prefix: str, metrics: MetricCollection) -> None:
+        self.log_dict(flatten_epoch_metrics(metrics.compute(), prefix), prog_bar=False)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+        if not self._val_batches:
+            return
+        labels = torch.cat([y for y, _ in self._val_batches])
+        probs = torch.cat([p for _, p in self._val_batches])
+        self._val_batches.clear()
+        if self.trainer is not None and self.trainer.world_size > 1:  # every process sees all scores
+            labels, probs = (self.all_gather(t).flatten() for t in (labels, probs))
+        self.val_scores = (labels.cpu(), probs.cpu())
+        self.threshold = self._choose_threshold(*self.val_scores)
+        self.log("val/threshold", self.threshold["value"])
+
+    def _choose_threshold(self, labels: torch.Tensor, probs: torch.Tensor) -> dict[str, Any]:
+        if labels.unique().numel() < 2:  # a one-class validation set cannot place a threshold
+            return {"policy": "fixed", "value": 0.5, "note": "validation held one class only"}
+        value = choose_threshold(labels.numpy(), probs.numpy(), self.threshold_policy, self.target_sensitivity)
+        return {"policy": self.threshold_policy, "value": float(value),
+                "target_sensitivity": self.target_sensitivity}
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
+
+    # ---- checkpoints carry what evaluation needs to rebuild the run ------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pneumo"] = {**self.extra_checkpoint, "threshold": self.threshold}
