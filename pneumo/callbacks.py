@@ -1,0 +1,101 @@
+"""Lightning callbacks of our own."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pneumo.data import CLASS_NAMES
+
+
+class AugmentationGrid(L.Callback):
+    """Saves (and logs to MLflow) a grid of augmented training images with their labels at fit start.
+
+    The seed's visual sanity check: one look shows whether flips, rotations and contrast are sane and
+    whether labels still match the pictures after the pipeline.
+    """
+
+    def __init__(self, path: str, n: int = 16, columns: int = 4) -> None:
+        self.path, self.n, self.columns = Path(path), n, columns
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        dataset = trainer.datamodule.datasets["train"]
+        count = min(self.n, len(dataset))
+        # Evenly spread over the split, so both classes show (files are listed class by class).
+        items = [dataset[int(i)] for i in torch.linspace(0, len(dataset) - 1, count).round().long()]
+        images = torch.stack([torch.as_tensor(image) for image, _ in items])
+        labels = [int(label) for _, label in items]
+        with torch.no_grad():
+            x = pl_module.preprocess(images.to(pl_module.device), train=True)
+        if pl_module.mean is not None:  # undo normalisation for display
+            x = x * pl_module.std + pl_module.mean
+        save_image_grid(x.float().clamp(0, 1).cpu(), [CLASS_NAMES[y] for y in labels], self.path, self.columns)
+        log_figures(trainer, [self.path])
+
+
+def log_figures(trainer: L.Trainer, paths: list[Path]) -> None:
+    """Figures into the run's MLflow artifacts under figures/ (no-op without an MLflow logger)."""
+    for logger in trainer.loggers:
+        if hasattr(logger, "run_id") and hasattr(logger.experiment, "log_artifact"):
+            for path in paths:
+                logger.experiment.log_artifact(logger.run_id, str(path), "figures")
+
+
+def save_image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 4) -> Path:
+    """Float images (N, C, H, W) in [0, 1] as a titled PNG grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, title in zip(axes.flat, images, titles):
+        axis.imshow(image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy(),
+                    cmap="gray", vmin=0, vmax=1)
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+class BestEpochFigures(L.Callback):
+    """At the end of training, the ROC and confusion-matrix figures of the best validation epoch.
+
+    The best epoch is tracked here with the same monitor as the checkpoint, so the figures belong
+    to the weights the best checkpoint holds, at that checkpoint's operating threshold.
+    """
+
+    def __init__(self, output_dir: str, monitor: str = "val/auroc", mode: str = "max") -> None:
+        self.output_dir, self.monitor, self.sign = Path(output_dir), monitor, 1.0 if mode == "max" else -1.0
+        self.best: float | None = None
+        self.scores: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.threshold: float = 0.5
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or getattr(pl_module, "val_scores", None) is None:
+            return
+        if self.best is None or self.sign * float(value) > self.sign * self.best:
+            self.best, self.scores = float(value), pl_module.val_scores
+            self.threshold = float(pl_module.threshold["value"])
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self.scores is None:
+            return
+        from pneumo import plots
+        from pneumo.metrics import confusion_counts
+
+        labels, probs = (t.numpy() for t in self.scores)
+        if len(set(labels.tolist())) < 2:
+            return  # a one-class validation split has no ROC
+        counts = confusion_counts(labels.astype(int), probs >= self.threshold)
+        paths = [plots.plot_roc(labels.astype(int), probs, self.threshold, self.output_dir / "val_best_roc.png"),
+                 plots.plot_confusion(path=self.output_dir / "val_best_confusion.png", **counts)]
+        log_figures(trainer, paths)

@@ -1,0 +1,85 @@
+"""MLflow glue: where runs go, what each run records, and the link that opens them in the UI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.config import PROJECT_ROOT, flatten
+
+MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of one parameter value
+
+
+def mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
+                  artifact_location: str | None = None, tags: dict[str, str] | None = None) -> MLFlowLogger:
+    """An MLFlowLogger on a database store or a server; never the deprecated ./mlruns file store.
+
+    `artifact_location` is used for local stores only: a tracking server decides where artifacts go.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        artifact_location = None
+    if artifact_location and artifact_location.startswith("file:"):
+        Path(artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
+                        artifact_location=artifact_location, tags={**git_tags(), **(tags or {})})
+
+
+def git_tags() -> dict[str, str]:
+    """The commit the code ran from, and whether the work tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()} if commit else {}
+
+
+def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    """Flattened params (dotted like Hydra overrides) plus the resolved YAML as an artifact."""
+    params = {key: _param_value(value) for key, value in flatten(cfg).items()}
+    logger.log_hyperparams(params)
+    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:MLFLOW_PARAM_LIMIT]
+
+
+def log_json(logger: MLFlowLogger, payload: Any, artifact_file: str) -> None:
+    logger.experiment.log_dict(logger.run_id, payload, artifact_file)
+
+
+def log_file(logger: MLFlowLogger, path: str | Path, artifact_dir: str | None = None) -> None:
+    if Path(path).exists():
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_dir)
+
+
+def end_run(logger: MLFlowLogger, status: str) -> None:
+    """Close the run as FINISHED, FAILED or KILLED, so no run is left RUNNING after a crash."""
+    logger.experiment.set_terminated(logger.run_id, status)
+
+
+def ui_link(tracking_uri: str, experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The runs table in the classic view; without workflowType the UI opens an empty GenAI page."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else f"http://{host}:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """What to type to see the runs: the server command for a local store, then the link."""
+    lines = []
+    if not tracking_uri.startswith("http"):
+        lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
+    lines.append(f"  {ui_link(tracking_uri, experiment_id)}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""One training run: data, model, trainer and MLflow run from the composed Hydra config."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo import tracking
+from pneumo.factory import build_callbacks, build_module
+from pneumo.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
+
+log = logging.getLogger(__name__)
+
+# Overrides that say where things go, not what differs between runs: left out of run names.
+_NOT_IN_RUN_NAME = ("hydra.", "logger.", "data.root", "data.cache", "output_dir", "cache_dir")
+
+
+def describe_overrides() -> str | None:
+    """A run name from the overrides: in a sweep only the swept keys ('augment.strength=0.5'),
+    otherwise every override that changes the experiment."""
+    try:
+        overrides = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
+    except ValueError:  # not inside a Hydra app
+        return None
+    swept = [key for key in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if key]
+    if swept:
+        kept = [o for o in overrides if o.split("=", 1)[0] in swept]
+    else:
+        kept = [o for o in overrides if not o.startswith(_NOT_IN_RUN_NAME)]
+    return ",".join(kept) or None
+
+
+def run_tags() -> dict[str, str]:
+    """The sweep id, when this run is one job of a Hydra multirun."""
+    sweep_id = os.environ.get(SWEEP_ID_ENV)
+    return {SWEEP_TAG: sweep_id} if sweep_id else {}
+
+
+def run_training(cfg: DictConfig) -> float:
+    """Train, record everything in MLflow, and return the objective (for sweepers)."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    log.info("data %s: %s", datamodule.root, datamodule.summary())
+
+    logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(),
+                         tags=run_tags()) if cfg.get("logger") else None
+    module = build_module(cfg, pos_weight=datamodule.pos_weight)
+    module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
+                               "mlflow": {"run_id": logger.run_id, "tracking_uri": cfg.logger.tracking_uri}
+                               if logger else None}
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
+    if logger:
+        _record_context(logger, cfg, datamodule)
+
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except BaseException:
+        if logger:  # never leave a RUNNING run behind
+            tracking.end_run(logger, "KILLED" if trainer.interrupted else "FAILED")
+        raise
+    if trainer.interrupted:  # Lightning swallows Ctrl-C after a graceful shutdown
+        if logger:
+            tracking.end_run(logger, "KILLED")
+        raise KeyboardInterrupt("training interrupted")
+
+    objective = _objective(trainer, cfg.objective)
+    if logger:
+        _record_results(logger, trainer)
+        experiment_id = logger.experiment_id
+        log.info("MLflow run %s (%s=%.4f). Open it with:\n%s", logger.run_id, cfg.objective, objective,
+                 tracking.ui_hint(cfg.logger.tracking_uri, experiment_id))
+    return objective
+
+
+def _record_context(logger, cfg: DictConfig, datamodule) -> None:
+    tracking.log_config(logger, cfg)
+    counts = datamodule.summary()
+    tracking.log_json(logger, {"root": str(datamodule.root), "counts": counts,
+                               "pos_weight": datamodule.pos_weight}, "data/summary.json")
+    logger.log_hyperparams({f"data.n_{split}_{name.lower()}": n
+                            for split, by_class in counts.items() for name, n in by_class.items()}
+                           | {"data.pos_weight_used": datamodule.pos_weight})
+    if datamodule.output_dir is not None:
+        tracking.log_file(logger, datamodule.output_dir / "split.json", "data")
+        tracking.log_file(logger, datamodule.output_dir / ".hydra" / "overrides.yaml", "config")
+
+
+def _record_results(logger, trainer: L.Trainer) -> None:
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None:
+        return
+    for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
+        tracking.log_file(logger, Path(path), "checkpoints")
+    if checkpoint.best_model_score is not None:
+        logger.experiment.set_tag(logger.run_id, "best_checkpoint", Path(checkpoint.best_model_path).name)
+
+
+def _objective(trainer: L.Trainer, name: str) -> float:
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.monitor == name and checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    value = trainer.callback_metrics.get(name)
+    return float(value) if value is not None else float("nan")
