@@ -1,0 +1,111 @@
+"""The user's path through the real entry points: train.py, then evaluate.py, then the MLflow store."""
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import isolated_overrides, run_entry_point
+
+EPOCHS = 2
+TINY_DATA = ["data=synthetic", "data.synthetic.n_train=80", "data.synthetic.n_test=40",
+             "data.synthetic.min_side=512", "data.synthetic.max_side=640", "data.image_size=64"]
+EPOCH_METRICS = ["train/loss", "val/loss", "val/recall", "val/precision", "val/specificity", "val/acc",
+                 "val/auroc", "val/tp", "val/fp", "val/tn", "val/fn"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    result = run_entry_point("train.py", *TINY_DATA, f"trainer.max_epochs={EPOCHS}", *isolated_overrides(tmp))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, result
+
+
+def _client(tmp: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db")
+
+
+def test_training_logs_every_metric_once_per_epoch(trained):
+    tmp, _ = trained
+    client = _client(tmp)
+    experiment = client.get_experiment_by_name("pneumo")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert len(history) == EPOCHS, (key, history)
+    assert run.data.params["augment.strength"] == "1.0"
+    assert run.data.params["model.net._target_"] == "pneumo.models.SeedCNN"
+    assert len(run.data.tags["git_commit"]) in (0, 40)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "config", "data", "figures"} <= artifacts
+    checkpoints = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert any(Path(p).name.startswith("best-epoch") for p in checkpoints), checkpoints
+    assert all("=" not in p for p in checkpoints)
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/summary.json", str(tmp))).read_text())
+    assert sum(summary["counts"]["train"].values()) + sum(summary["counts"]["val"].values()) == 80
+
+
+def test_training_writes_its_outputs_in_the_run_folder_only(trained):
+    tmp, _ = trained
+    run_dir = tmp / "run"
+    assert (run_dir / "split.json").is_file() and (run_dir / "augmentation_grid.png").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_reports(trained):
+    tmp, _ = trained
+    best = next((tmp / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    out = tmp / "eval"
+    overrides = [o for o in isolated_overrides(tmp) if not o.startswith("hydra.run.dir")]
+    result = run_entry_point("evaluate.py", f"ckpt={best}", *overrides, f"hydra.run.dir={out}",
+                             "bootstrap.resamples=200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for label in ("Sensitivity (recall)", "Specificity", "AUROC", "true NORMAL", "true PNEUMONIA"):
+        assert label in result.stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n"]["total"] == 40
+    cm = report["confusion_matrix"]
+    assert cm["tp"] + cm["fn"] == report["n"]["positive"] and cm["tn"] + cm["fp"] == report["n"]["negative"]
+    client = _client(tmp)
+    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id],
+                              filter_string="tags.`pneumo.kind` = 'evaluation'")
+    assert len(runs) == 1 and runs[0].data.tags["pneumo.train_run_id"] == report["checkpoint"]["train_run"]
+    assert runs[0].data.metrics["test/sensitivity"] == pytest.approx(report["metrics"]["sensitivity"]["value"])
+    for name in ("roc.png", "pr.png", "confusion.png", "reliability.png", "score_histogram.png", "gallery.png",
+                 "gradcam.png", "predictions.csv", "report.md"):
+        assert (out / name).is_file(), name
+    assert report["threshold"]["policy"] == "sensitivity"  # chosen on validation, stored in the checkpoint
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,patient_id,label,probability,prediction" and len(rows) == 41
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/metrics.json", "report/report.md", "report/roc.png"} <= logged
+
+
+def test_training_logs_the_best_epoch_figures(trained):
+    tmp, _ = trained
+    assert (tmp / "run" / "val_best_roc.png").is_file() and (tmp / "run" / "val_best_confusion.png").is_file()
+
+
+def test_predict_dir_scores_unlabelled_images(trained, tiny_root):
+    tmp, _ = trained
+    best = next((tmp / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    folder = tmp / "unlabelled"
+    folder.mkdir()
+    for file in sorted((tiny_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]:
+        (folder / file.name).write_bytes(file.read_bytes())
+    out = tmp / "predict"
+    result = run_entry_point("evaluate.py", f"ckpt={best}", f"predict_dir={folder}", "logger=none",
+                             f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 3 and all(row[2] == "" and 0 <= float(row[3]) <= 1 for row in rows)
+    assert not (out / "metrics.json").exists()
+
+
+def test_evaluate_refuses_a_missing_checkpoint_clearly(tmp_path):
+    result = run_entry_point("evaluate.py", f"ckpt={tmp_path}/nothing.ckpt", *isolated_overrides(tmp_path))
+    assert result.returncode != 0
+    assert f"{tmp_path}/nothing.ckpt does not exist" in result.stderr
