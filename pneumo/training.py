@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo import tracking
+from pneumo.checkpoints import load_checkpoint
 from pneumo.factory import build_callbacks, build_module
 from pneumo.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
 
@@ -98,8 +99,11 @@ def _record_results(logger, trainer: L.Trainer) -> None:
         return
     for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
         tracking.log_file(logger, Path(path), "checkpoints")
-    if checkpoint.best_model_score is not None:
+    if checkpoint.best_model_path:
         logger.experiment.set_tag(logger.run_id, "best_checkpoint", Path(checkpoint.best_model_path).name)
+        # The operating threshold that belongs to the best weights, as evaluate.py will use it.
+        threshold = load_checkpoint(checkpoint.best_model_path)["pneumo"].get("threshold", {})
+        logger.log_hyperparams({f"threshold.{key}": value for key, value in threshold.items()})
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:
