@@ -1,19 +1,26 @@
 """Reading one image file into the small uint8 tensor the model sees.
 
-Every path that reads pixels (the decode-once cache, the uncached loader, evaluation) goes through
-`decode_image`, so cached and uncached pipelines give the same tensor for the same file.
+Every path that reads pixels (the decode-once cache, the uncached loader, evaluation, predict_dir)
+goes through `decode_image`, so cached and uncached pipelines give the same tensor for the same file.
+Supported beyond 8-bit grayscale/RGB JPEG: RGBA/LA/palette images (alpha composited onto black, the
+colour of "no signal" on a radiograph), 16-bit grayscale (scaled by the bits its values use: 8, 10,
+12, 14 or 16), CMYK JPEG (converted by Pillow), and EXIF orientation (applied, so the image is upright
+as a viewer shows it).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Bump when decoding changes, so on-disk caches built by an older decoder are not reused.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 _MODES = {1: "L", 3: "RGB"}
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_EXIF_ORIENTATION = 0x0112
 
 
 class BadImageError(ValueError):
@@ -35,23 +42,42 @@ def decode_image(path: str | Path, size: int, channels: int = 1) -> np.ndarray:
     mode = _MODES.get(channels)
     if mode is None:
         raise ValueError(f"data.channels={channels} must be 1 or 3")
+    if os.path.getsize(path) == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as image:
-            image.draft(mode, (size, size))
+            if image.format == "JPEG":
+                image.draft(mode if image.mode != "CMYK" else None, (size, size))
+            image = _upright(image)
             image = _to_mode(image, mode)
             image = image.resize((size, size), Image.Resampling.BILINEAR)
             array = np.array(image, dtype=np.uint8)  # a writable copy, at the small size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise BadImageError(path, f"cannot be decoded as an image ({error})") from error
+    except Image.DecompressionBombError as error:
+        raise BadImageError(path, f"too large for Pillow's decompression-bomb limit ({error})") from error
+    except UnidentifiedImageError as error:
+        raise BadImageError(path, "not an image Pillow can identify (wrong extension or corrupt)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(path, f"truncated or corrupt image data ({error})") from error
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag, if any (cheap check first: almost no X-ray carries one)."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert to L or RGB; 16-bit grayscale is scaled to 8 bits instead of being clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        array = array / max(float(array.max()), 1.0) * 255.0
-        image = Image.fromarray(array.round().astype(np.uint8), "L")
+    """Convert to L or RGB: alpha onto black, 16-bit scaled by the bits in use, the rest by Pillow."""
+    if image.mode in _SIXTEEN_BIT:
+        values = np.asarray(image, dtype=np.float64)
+        top = max(float(values.max()), 1.0)
+        bits = next(b for b in (8, 10, 12, 14, 16, 32) if top < 2 ** b)
+        image = Image.fromarray(np.clip(values / (2 ** bits - 1) * 255.0, 0, 255).round().astype(np.uint8), "L")
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     return image if image.mode == mode else image.convert(mode)
 
 

@@ -1,0 +1,545 @@
+"""Built-in synthetic chest X-ray data set for tests and the offline demo.
+
+The real Kaggle "Chest X-Ray Images (Pneumonia)" set cannot be downloaded
+everywhere, so this module writes a stand-in with the *same* on-disk layout,
+file naming and file format (real JPEG files, mostly 8-bit grayscale, a few
+RGB, varying sizes)::
+
+    ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+
+That way the data pipeline under test is exactly the one used on real data.
+
+The images are cartoon radiographs: body outline, two dark lung fields,
+spine/mediastinum/heart, ribs and clavicles, plus nuisance variation
+(exposure, gamma, pose, markers, tubes, electrodes, soft-tissue shadows).
+PNEUMONIA images additionally carry patchy, textured opacities inside one or
+both lungs, from faint to dense. The signal is local and textural on purpose:
+a global statistic such as mean intensity hardly separates the classes, while
+a small CNN can learn it.
+
+Generation is deterministic (each image has its own numpy Generator seeded
+from ``(seed, split, index)``), so the same parameters give byte-identical
+files regardless of how many processes render them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "CLASSES",
+    "FORMAT_VERSION",
+    "MARKER_NAME",
+    "NAME_PATTERNS",
+    "SPLITS",
+    "ensure_synthetic_dataset",
+    "write_synthetic_dataset",
+]
+
+# Bump whenever the rendering or naming changes, so cached sets get rewritten.
+FORMAT_VERSION = 2
+MARKER_NAME = ".synthetic.json"
+# Present while a set is being written; lets ensure_* recognise its own debris.
+_INCOMPLETE_NAME = ".synthetic.incomplete"
+
+SPLITS = ("train", "val", "test")
+CLASSES = ("NORMAL", "PNEUMONIA")
+
+# Kaggle naming: NORMAL "IM-0115-0001.jpeg" / "NORMAL2-IM-1427-0001.jpeg",
+# PNEUMONIA "person1_bacteria_1.jpeg" / "person1_virus_6.jpeg".
+NAME_PATTERNS: dict[str, re.Pattern[str]] = {
+    "NORMAL": re.compile(r"^(?P<prefix>NORMAL2-)?IM-(?P<patient>\d{4})-(?P<image>\d{4})\.jpeg$"),
+    "PNEUMONIA": re.compile(r"^person(?P<patient>\d+)_(?P<kind>bacteria|virus)_(?P<image>\d+)\.jpeg$"),
+}
+
+# Anatomy is rendered at (at most) this height, then upscaled: keeps ~800
+# images well within seconds while the final files have realistic sizes.
+_RENDER_HEIGHT = 192
+# Images per patient: mostly 1-3, sometimes 4 (as in the real set).
+_IMAGES_PER_PATIENT = (1, 2, 3, 4)
+_IMAGES_PER_PATIENT_P = (0.45, 0.30, 0.17, 0.08)
+_MAX_NORMAL_PATIENTS = 9999  # 4-digit patient numbers
+_BACTERIA_P = 0.62
+_NORMAL2_P = 0.3
+_MAX_WORKERS = 2
+_MIN_IMAGES_FOR_POOL = 48  # below this a pool costs more than it saves
+# Standard normal quantiles at 256 equally likely levels: maps a random byte to Gaussian grain.
+_GAUSS_QUANTILES = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], dtype=np.float32)
+# Seed-stream tags so plan and image generators never share a stream.
+_PLAN_STREAM = 1
+_IMAGE_STREAM = 2
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Validated generation parameters; also what the marker file records."""
+
+    seed: int
+    n_train: int
+    n_val: int
+    n_test: int
+    normal_fraction: float
+    min_side: int
+    max_side: int
+    rgb_fraction: float
+    quality: int
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        if min(self.n_train, self.n_val, self.n_test) < 0:
+            raise ValueError("image counts must be >= 0")
+        if not 0.0 <= self.normal_fraction <= 1.0:
+            raise ValueError("normal_fraction must be in [0, 1]")
+        if not 0.0 <= self.rgb_fraction <= 1.0:
+            raise ValueError("rgb_fraction must be in [0, 1]")
+        if not 16 <= self.min_side <= self.max_side:
+            raise ValueError("need 16 <= min_side <= max_side")
+        if not 1 <= self.quality <= 100:
+            raise ValueError("quality must be in [1, 100]")
+
+    @classmethod
+    def make(cls, **kw: object) -> _Params:
+        """Coerce types so that e.g. ``0`` and ``0.0`` give the same marker."""
+        ints = ("seed", "n_train", "n_val", "n_test", "min_side", "max_side", "quality")
+        return cls(**{k: (int(v) if k in ints else float(v)) for k, v in kw.items()})  # type: ignore[arg-type]
+
+    def marker(self) -> dict[str, object]:
+        return {"format_version": FORMAT_VERSION, "params": asdict(self)}
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to write: where, which class, how it is seeded."""
+
+    split: str
+    label: str
+    name: str
+    index: int  # position within the split; part of the image seed
+    rgb: bool
+
+
+# --------------------------------------------------------------------------
+# Plan: counts, patients, file names
+# --------------------------------------------------------------------------
+
+
+def _split_counts(p: _Params) -> dict[str, tuple[int, int]]:
+    """(normal, pneumonia) image counts per split.
+
+    val is balanced like the real 16-image val split; train/test follow
+    ``normal_fraction`` (about 1:3 in the real data).
+    """
+    counts = {}
+    for split, n in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
+        n_normal = n // 2 if split == "val" else int(round(n * p.normal_fraction))
+        counts[split] = (n_normal, n - n_normal)
+    return counts
+
+
+def _patient_sizes(rng: np.random.Generator, n_images: int) -> list[int]:
+    """Split ``n_images`` into per-patient image counts (last one truncated)."""
+    sizes: list[int] = []
+    left = n_images
+    while left > 0:
+        k = min(int(rng.choice(_IMAGES_PER_PATIENT, p=_IMAGES_PER_PATIENT_P)), left)
+        sizes.append(k)
+        left -= k
+    return sizes
+
+
+def _plan(p: _Params) -> list[_Item]:
+    """Decide every file name, class and RGB flag up front (cheap, serial)."""
+    rng = np.random.default_rng([p.seed, _PLAN_STREAM])
+    counts = _split_counts(p)
+    sizes = {
+        (split, label): _patient_sizes(rng, counts[split][c])
+        for split in SPLITS
+        for c, label in enumerate(CLASSES)
+    }
+
+    # Patient numbers are drawn without replacement over the whole set, so no
+    # patient can appear in two splits.
+    n_norm_pat = sum(len(sizes[s, "NORMAL"]) for s in SPLITS)
+    n_pneu_pat = sum(len(sizes[s, "PNEUMONIA"]) for s in SPLITS)
+    if n_norm_pat > _MAX_NORMAL_PATIENTS:
+        raise ValueError("too many NORMAL images for 4-digit patient numbers")
+    norm_ids = iter(rng.choice(_MAX_NORMAL_PATIENTS, n_norm_pat, replace=False) + 1)
+    pneu_ids = iter(rng.choice(max(2000, 3 * n_pneu_pat), n_pneu_pat, replace=False) + 1)
+    running = {"bacteria": 0, "virus": 0}  # Kaggle's M is a running image number
+
+    items: list[_Item] = []
+    for split in SPLITS:
+        names: list[tuple[str, str]] = []
+        for k in sizes[split, "NORMAL"]:
+            pid = int(next(norm_ids))
+            prefix = "NORMAL2-" if rng.random() < _NORMAL2_P else ""
+            names += [("NORMAL", f"{prefix}IM-{pid:04d}-{j + 1:04d}.jpeg") for j in range(k)]
+        for k in sizes[split, "PNEUMONIA"]:
+            pid = int(next(pneu_ids))
+            kind = "bacteria" if rng.random() < _BACTERIA_P else "virus"
+            for _ in range(k):
+                running[kind] += int(rng.integers(1, 4))  # gaps, as in the real set
+                names.append(("PNEUMONIA", f"person{pid}_{kind}_{running[kind]}.jpeg"))
+        n_rgb = int(round(p.rgb_fraction * len(names)))
+        rgb = set(rng.choice(len(names), n_rgb, replace=False).tolist()) if names else set()
+        items += [_Item(split, label, name, i, i in rgb) for i, (label, name) in enumerate(names)]
+    return items
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+
+def _soft(d: np.ndarray, width: float) -> np.ndarray:
+    """Smooth step from 0 (d << 0) to 1 (d >> 0); anti-aliased shape edges."""
+    return 0.5 + 0.5 * np.tanh(d * (0.5 / width))
+
+
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Approximate signed distance to an ellipse, positive inside."""
+    return (1.0 - np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)) * min(ax, ay)
+
+
+def _gauss(x: np.ndarray, y: np.ndarray, cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
+    return np.exp(-(((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2) * 0.5)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """Band-limited noise (~unit scale): white noise on a coarse grid, upscaled."""
+    h, w = shape
+    gh, gw = max(2, cells), max(2, round(cells * w / h))
+    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _segment_dist(x: np.ndarray, y: np.ndarray, p0: tuple[float, float], p1: tuple[float, float]) -> np.ndarray:
+    """Distance from each pixel to the segment p0-p1 (for clavicles, markers)."""
+    vx, vy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip(((x - p0[0]) * vx + (y - p0[1]) * vy) / (vx * vx + vy * vy), 0.0, 1.0)
+    return np.hypot(x - p0[0] - t * vx, y - p0[1] - t * vy)
+
+
+def _render_anatomy(rng: np.random.Generator, h: int, w: int, pneumonia: bool) -> np.ndarray:
+    """Low-resolution chest radiograph in [0, 1] (float32), fully vectorised.
+
+    Coordinates: y in [-1, 1] top to bottom, x scaled by the aspect ratio so
+    shapes stay round. The anatomy sits in its own frame (X, Y), randomly
+    shifted/rotated/scaled relative to the image, so position is a nuisance.
+    """
+    u = rng.uniform
+    aspect = w / h
+    ys = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    xs = np.linspace(-aspect, aspect, w, dtype=np.float32)[None, :]
+    th, s = u(-0.1, 0.1), u(0.86, 1.12)
+    dx, dy = u(-0.08, 0.08), u(-0.08, 0.08)
+    c, sn = math.cos(th), math.sin(th)
+    X = ((c * (xs - dx) + sn * (ys - dy)) / s).astype(np.float32)
+    Y = ((-sn * (xs - dx) + c * (ys - dy)) / s).astype(np.float32)
+    shape = (h, w)
+    ax_abs = np.abs(X)
+
+    # Body: torso + shoulders + neck, soft tissue denser towards the middle.
+    bw = u(0.72, 0.92)
+    body = np.maximum(_soft(_ellipse(X, Y, 0.0, 0.25, bw, 1.2), 0.02),
+                      _soft(_ellipse(X, Y, 0.0, -0.55, bw * 1.04, 0.32), 0.02))
+    body = np.maximum(body, _soft(_ellipse(X, Y, 0.0, -1.0, 0.19, 0.4), 0.02))
+    if rng.random() < 0.5:  # arms along the sides
+        arm_x = bw + u(0.08, 0.16)
+        arms = _soft(0.08 - np.abs(ax_abs - arm_x), 0.02) * _soft(Y + 0.45, 0.05)
+        body = np.maximum(body, arms)
+    tissue = u(0.40, 0.52) + 0.10 * np.clip(1.0 - (X / bw) ** 2, 0.0, 1.0)
+    img = u(0.02, 0.08) + body * tissue
+
+    # Lungs: tapered ellipses (narrow apex, wide base), darker than tissue.
+    lungs = []
+    lung_geom = []
+    for side in (-1.0, 1.0):
+        cx = side * u(0.34, 0.4) * bw / 0.82
+        cy, ax, ay = u(-0.1, 0.0), u(0.24, 0.3), u(0.56, 0.66)
+        t = np.clip((Y - (cy - ay)) / (1.2 * ay), 0.0, 1.0)
+        taper = 0.5 + 0.5 * np.sqrt(t)
+        d = (1.0 - np.sqrt(((X - cx) / (ax * taper)) ** 2 + ((Y - cy) / ay) ** 2)) * ax
+        lungs.append(_soft(d, 0.015))
+        lung_geom.append((cx, cy, ax, ay))
+    lung = np.maximum(lungs[0], lungs[1])
+
+    # Heart and mediastinum overlap the medial lungs; spine runs the full height.
+    hx = u(0.04, 0.14)
+    heart = _soft(_ellipse(X, Y, hx, u(0.22, 0.32), u(0.22, 0.3), u(0.17, 0.23)), 0.03)
+    mediast = _soft(u(0.1, 0.14) - ax_abs, 0.02) * _soft(0.35 - Y, 0.05)
+    spine = _soft(u(0.05, 0.07) - ax_abs, 0.012) * body
+    img -= u(0.26, 0.36) * lung * (1.0 - 0.8 * heart) * (1.0 - 0.7 * mediast)
+    img += u(0.04, 0.08) * heart + u(0.06, 0.12) * spine
+
+    # Benign lung texture: vessels/hila, present in both classes.
+    vessels = _smooth_noise(rng, shape, int(rng.integers(14, 28)))
+    hila = _gauss(ax_abs, Y, u(0.14, 0.2), u(-0.1, 0.0), 0.1, 0.14)
+    img += lung * (0.02 * vessels + u(0.04, 0.09) * hila)
+
+    # Ribs: curved periodic stripes over the thorax, clavicles on top.
+    period, phase = u(0.13, 0.17), u(0.0, 1.0)
+    v = Y - u(1.0, 1.6) * (ax_abs - 0.3) ** 2  # arcs peaking mid-lung, like posterior ribs
+    stripes = (0.5 + 0.5 * np.cos(2.0 * np.pi * (v / period + phase))) ** 4
+    thorax = _soft(_ellipse(X, Y, 0.0, -0.12, bw * 0.92, 0.68), 0.04) * _soft(ax_abs - 0.07, 0.02)
+    img += u(0.04, 0.09) * stripes * thorax
+    cl_y = u(-0.68, -0.56)
+    for side in (-1.0, 1.0):
+        dist = _segment_dist(X, Y, (side * 0.08, cl_y + 0.04), (side * u(0.5, 0.6), cl_y - u(0.04, 0.12)))
+        img += u(0.06, 0.14) * _soft(u(0.022, 0.035) - dist, 0.008)
+
+    # Nuisance structures, independent of the class (they must not be a cue):
+    # soft-tissue (breast) shadows over the lung bases mimic diffuse opacity.
+    if rng.random() < 0.5:
+        amp, sx, sy, yy = u(0.03, 0.12), u(0.18, 0.28), u(0.14, 0.22), u(0.3, 0.5)
+        img += amp * (_gauss(ax_abs, Y, u(0.4, 0.55), yy, sx, sy)) * body
+    if rng.random() < 0.6:  # lead side marker ("L"/"R"-like) in an upper corner
+        mx = float(rng.choice([-1.0, 1.0])) * (aspect - u(0.1, 0.25))
+        my, size = u(-0.9, -0.7), u(0.05, 0.09)
+        d1 = _segment_dist(xs, ys, (mx, my), (mx, my + size))
+        d2 = _segment_dist(xs, ys, (mx, my + size), (mx + 0.6 * size, my + size))
+        img += u(0.5, 0.8) * _soft(0.012 - np.minimum(d1, d2), 0.004)
+    if rng.random() < 0.25:  # tube / line running down the chest
+        x0, bend = u(-0.15, 0.15), u(-0.25, 0.25)
+        path_x = x0 + bend * np.sin((Y + 1.0) * u(1.0, 2.5))
+        line = _soft(0.012 - np.abs(X - path_x), 0.004) * _soft(u(0.0, 0.5) - Y, 0.02)
+        img += u(0.25, 0.5) * line
+    if rng.random() < 0.25:  # ECG electrodes
+        for _ in range(int(rng.integers(2, 5))):
+            ex, ey = u(-bw, bw), u(-0.6, 0.6)
+            ring = np.abs(np.hypot(X - ex, Y - ey) - 0.035)
+            img += u(0.3, 0.6) * _soft(0.01 - ring, 0.004)
+
+    # The class signal: patchy, textured, soft opacities inside the lung(s),
+    # from faint to dense, in one lung or both.
+    if pneumonia:
+        severity = u(0.4, 1.0) ** 0.5  # some faint cases, most clearly visible
+        sides = [int(rng.integers(2))] if rng.random() < 0.55 else [0, 1]
+        density = np.zeros(shape, dtype=np.float32)
+        for _ in range(int(rng.integers(4, 12))):
+            cx, cy, ax, ay = lung_geom[int(rng.choice(sides))]
+            by = cy + ay * u(-0.55, 0.8)  # lower zones more often
+            bx = cx + ax * u(-0.7, 0.7)
+            density += u(0.4, 1.0) * _gauss(X, Y, bx, by, u(0.06, 0.18), u(0.06, 0.18))
+        # Soft mottling (a sigmoid of band-limited noise): fluffy, no hard edges.
+        mottle = 0.35 + 0.65 * _soft(_smooth_noise(rng, shape, int(rng.integers(16, 30))) + 0.3, 0.4)
+        opacity = (1.0 - np.exp(-1.5 * density)) * mottle * lung
+        img += u(0.45, 0.6) * severity * opacity
+
+    # Exposure: gamma, contrast, brightness and a gentle gradient; these are
+    # large compared with the opacities so global intensity is uninformative.
+    img = np.clip(img, 0.0, 1.0) ** u(0.7, 1.4)
+    img = (img - 0.35) * u(0.75, 1.3) + 0.35 + u(-0.1, 0.1)
+    ang = u(0.0, 2.0 * np.pi)
+    img += u(0.0, 0.06) * (math.cos(ang) * xs + math.sin(ang) * ys)
+    return img.astype(np.float32)
+
+
+def _sample_size(rng: np.random.Generator, min_side: int, max_side: int) -> tuple[int, int]:
+    """(height, width) with both sides in range and aspect ~0.8-1.25."""
+    h = int(rng.integers(min_side, max_side + 1))
+    aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
+    w = int(np.clip(round(h * aspect), min_side, max_side))
+    return h, w
+
+
+def _render_image(rng: np.random.Generator, pneumonia: bool, rgb: bool, min_side: int, max_side: int) -> Image.Image:
+    """Full-size image: low-res anatomy, Pillow upscale, full-res grain.
+
+    Full-size work is kept to 8/16-bit integers (uint8 resize, grain from
+    random bytes through a Gaussian lookup table): drawing float normals for
+    a 3-megapixel image alone would cost more than rendering the anatomy.
+    """
+    h, w = _sample_size(rng, min_side, max_side)
+    rh = min(_RENDER_HEIGHT, h)
+    rw = max(8, round(rh * w / h))
+    small = np.clip(_render_anatomy(rng, rh, rw, pneumonia) * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+    big = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
+    grain_lut = np.round(_GAUSS_QUANTILES * rng.uniform(1.5, 5.0)).astype(np.int16)
+    noise = np.frombuffer(rng.bytes(h * w), dtype=np.uint8).reshape(h, w)
+    gray = np.clip(big + grain_lut[noise], 0, 255).astype(np.uint8)
+    if not rgb:
+        return Image.fromarray(gray)
+    # Some real files are RGB: same gray content in 3 channels, faint tint.
+    tint = rng.uniform(0.95, 1.0, size=3).astype(np.float32)
+    return Image.fromarray((gray[..., None] * tint).astype(np.uint8))
+
+
+def _image_seed(seed: int, split: str, index: int) -> list[int]:
+    return [seed, _IMAGE_STREAM, SPLITS.index(split), index]
+
+
+def _write_one(task: tuple[str, _Item, int, int, int, int]) -> None:
+    """Render and save one image (top-level so a process pool can call it)."""
+    path, item, seed, min_side, max_side, quality = task
+    rng = np.random.default_rng(_image_seed(seed, item.split, item.index))
+    img = _render_image(rng, item.label == "PNEUMONIA", item.rgb, min_side, max_side)
+    img.save(path, format="JPEG", quality=quality)
+
+
+def _n_workers(n_tasks: int) -> int:
+    """Processes to use: 2 where there are cores and enough work, else 1."""
+    if n_tasks < _MIN_IMAGES_FOR_POOL or multiprocessing.current_process().daemon:
+        return 1  # daemonic processes (e.g. DataLoader workers) cannot fork children
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # spawn would re-import the caller's __main__; not worth it
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cores))
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def write_synthetic_dataset(
+    root: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 600,
+    n_val: int = 16,
+    n_test: int = 200,
+    normal_fraction: float = 0.26,
+    min_side: int = 512,
+    max_side: int = 1024,
+    rgb_fraction: float = 0.1,
+    quality: int = 90,
+) -> Path:
+    """Write the synthetic set into ``root`` (which must be absent or empty).
+
+    Writes in place and finishes with the ``.synthetic.json`` marker; use
+    :func:`ensure_synthetic_dataset` for a cached, interruption-safe write.
+    Refusing a non-empty ``root`` avoids mixing stale files into a new set.
+    """
+    p = _Params.make(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test,
+                     normal_fraction=normal_fraction, min_side=min_side, max_side=max_side,
+                     rgb_fraction=rgb_fraction, quality=quality)
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"refusing to write a synthetic set into non-empty {root}")
+    items = _plan(p)
+    for split in SPLITS:
+        for label in CLASSES:
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+    (root / _INCOMPLETE_NAME).touch()
+
+    tasks = [(str(root / it.split / it.label / it.name), it, p.seed, p.min_side, p.max_side, p.quality)
+             for it in items]
+    workers = _n_workers(len(tasks))
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_one, tasks, chunksize=8):
+                pass
+    else:
+        for task in tasks:
+            _write_one(task)
+
+    counts = {f"{s}/{c}": sum(1 for it in items if it.split == s and it.label == c)
+              for s in SPLITS for c in CLASSES}
+    marker = {**p.marker(), "counts": counts}
+    (root / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    (root / _INCOMPLETE_NAME).unlink()
+    return root
+
+
+def _read_marker(root: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((root / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_current(root: Path, p: _Params) -> bool:
+    data = _read_marker(root)
+    if data is None or (root / _INCOMPLETE_NAME).exists():
+        return False
+    return {k: data.get(k) for k in ("format_version", "params")} == p.marker()
+
+
+def _is_ours(root: Path) -> bool:
+    """Whether ``root`` may be replaced: missing, empty, or a synthetic set.
+
+    Guards against wiping a real data set that happens to sit at ``root``.
+    """
+    if not root.exists():
+        return True
+    if not root.is_dir():
+        return False
+    return (root / MARKER_NAME).exists() or (root / _INCOMPLETE_NAME).exists() or not any(root.iterdir())
+
+
+def ensure_synthetic_dataset(
+    root: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 600,
+    n_val: int = 16,
+    n_test: int = 200,
+    normal_fraction: float = 0.26,
+    min_side: int = 512,
+    max_side: int = 1024,
+    rgb_fraction: float = 0.1,
+    quality: int = 90,
+) -> Path:
+    """Make sure ``root`` holds the synthetic set for these params; return it.
+
+    Nothing is written when the marker already records the same params, so
+    repeated calls (every test, every run) are free. Otherwise the set is
+    written into a temporary sibling folder and renamed into place at the end:
+    an interrupted write never leaves a half set that looks complete, and of
+    two processes racing, the loser simply uses the winner's folder.
+    """
+    params = dict(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test,
+                  normal_fraction=normal_fraction, min_side=min_side, max_side=max_side,
+                  rgb_fraction=rgb_fraction, quality=quality)
+    p = _Params.make(**params)
+    root = Path(root)
+    if _is_current(root, p):
+        return root
+    if not _is_ours(root):
+        raise FileExistsError(f"{root} exists and is not a synthetic data set; not overwriting it")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{root.name}.tmp-{token}"
+    try:
+        write_synthetic_dataset(tmp, **params)
+        for _ in range(5):
+            if _is_current(root, p):  # someone else finished first: use theirs
+                return root
+            if root.exists():
+                if not _is_ours(root):
+                    raise FileExistsError(f"{root} is not a synthetic data set; not overwriting it")
+                # Stale set (other params): move it aside, then take its place.
+                old = root.parent / f".{root.name}.old-{token}"
+                try:
+                    root.rename(old)
+                except FileNotFoundError:
+                    pass  # another process moved it already
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                tmp.rename(root)
+                return root
+            except OSError:
+                continue  # lost a race for the name; re-check who won
+        raise RuntimeError(f"could not move the synthetic set into place at {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
