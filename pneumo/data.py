@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,26 +29,29 @@ HOW_TO_GET_DATA = (
 
 
 class CachedImages(Dataset):
-    """Decoded uint8 images (N, C, H, W) with labels; indexed by a whole batch of indices at once.
+    """Decoded uint8 images (N, C, H, W) with labels, seen through `rows` (the usable rows of the cache);
+    indexed by a whole batch of indices at once.
 
     Batch indexing turns an epoch into a few array slices instead of thousands of per-item calls
     and collations, which matters on a 2-core laptop.
     """
 
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None) -> None:
         self.pixels, self.labels = pixels, labels
+        self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rows)
 
     def __getitem__(self, index: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if np.ndim(index):
-            index = np.asarray(index)
-            order = np.argsort(index)  # sorted reads are sequential on a memory map
-            batch = np.empty((len(index), *self.pixels.shape[1:]), dtype=self.pixels.dtype)
-            batch[order] = self.pixels[index[order]]
-            return torch.from_numpy(batch), torch.from_numpy(self.labels[index])
-        return torch.from_numpy(np.array(self.pixels[index])), torch.tensor(self.labels[index])
+            rows = self.rows[np.asarray(index)]
+            order = np.argsort(rows)  # sorted reads are sequential on a memory map
+            batch = np.empty((len(rows), *self.pixels.shape[1:]), dtype=self.pixels.dtype)
+            batch[order] = self.pixels[rows[order]]
+            return torch.from_numpy(batch), torch.from_numpy(self.labels[rows])
+        row = self.rows[index]
+        return torch.from_numpy(np.array(self.pixels[row])), torch.tensor(self.labels[row])
 
 
 class ImageFiles(Dataset):
@@ -83,7 +88,7 @@ class ChestXrayDataModule(L.LightningDataModule):
                  num_workers: int | str = "auto", val_strategy: str = "patient", val_fraction: float = 0.1,
                  balance: str = "none", cache: str = "disk", cache_dir: str | None = None, seed: int = 0,
                  pin_memory: bool | str = "auto", output_dir: str | None = None,
-                 synthetic: dict[str, Any] | None = None) -> None:
+                 synthetic: dict[str, Any] | None = None, on_bad_file: str = "skip") -> None:
         super().__init__()
         if val_strategy not in ("patient", "folder"):
             raise ValueError(f"data.val_strategy={val_strategy!r}: choose 'patient' or 'folder'")
@@ -91,6 +96,8 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ValueError(f"data.balance={balance!r}: choose 'none', 'pos_weight' or 'sampler'")
         if cache not in ("disk", "memory", "none"):
             raise ValueError(f"data.cache={cache!r}: choose 'disk', 'memory' or 'none'")
+        if on_bad_file not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_file={on_bad_file!r}: choose 'skip' or 'error'")
         if cache == "disk" and not cache_dir:
             raise ValueError("data.cache=disk needs data.cache_dir")
         self.root = Path(root).expanduser()
@@ -104,6 +111,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.files: dict[str, list[str]] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
+        self.on_bad_file = on_bad_file
+        self.skipped: list[dict[str, str]] = []
+        self._reported: set[str] = set()
 
     # ---- discovery -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -120,13 +130,28 @@ class ChestXrayDataModule(L.LightningDataModule):
         return path
 
     def scan(self, split: str) -> ImageFolder:
-        """ImageFolder over one split, with the class mapping checked, not assumed."""
-        folder = ImageFolder(str(self.split_dir(split)),
-                             loader=partial(load_tensor, size=self.image_size, channels=self.channels),
-                             is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
-        if folder.class_to_idx != CLASS_TO_IDX:
-            raise ValueError(f"{folder.root} has class folders {sorted(folder.class_to_idx)}; expected exactly "
-                             f"{list(CLASS_TO_IDX)} (NORMAL=0, PNEUMONIA=1)")
+        """ImageFolder over one split, with the class mapping checked, not assumed.
+
+        Class folders match case-insensitively (`normal/` is NORMAL); files without an image
+        extension (.DS_Store, Thumbs.db, notes) are left out and listed in the skipped files.
+        """
+        ignored: list[str] = []
+
+        def is_image(path: str) -> bool:
+            if path.lower().endswith(IMAGE_SUFFIXES):
+                return True
+            ignored.append(path)
+            return False
+
+        root = self.split_dir(split)
+        try:
+            folder = _CaseInsensitiveFolder(str(root), loader=partial(load_tensor, size=self.image_size,
+                                                                      channels=self.channels),
+                                            is_valid_file=is_image)
+        except FileNotFoundError as error:  # a class folder without images
+            raise FileNotFoundError(f"{root}: {error} Each of {'/'.join(CLASS_NAMES)} needs images. "
+                                    f"{HOW_TO_GET_DATA}") from error
+        self.skipped += [{"split": split, "path": path, "reason": "not an image file (ignored)"} for path in ignored]
         return folder
 
     # ---- setup -----------------------------------------------------------------------------------
@@ -134,39 +159,68 @@ class ChestXrayDataModule(L.LightningDataModule):
         wanted = ["test"] if stage in ("test", "predict") else ["train", "val"]
         if all(split in self.datasets for split in wanted):
             return  # Lightning calls setup again inside fit; the work is done once
-        if stage not in ("test", "predict"):
-            self._setup_fit()
+        if stage in ("test", "predict"):
+            source = self._decode("test", self.scan("test"))
+            self._register("test", source, source.rows)
         else:
-            self._add_split("test", self.scan("test"), None)
+            self._setup_fit()
+        self._report_bad_files()
 
     def _setup_fit(self) -> None:
-        train_folder = self.scan("train")
-        paths = [p for p, _ in train_folder.samples]
-        labels = [y for _, y in train_folder.samples]
+        train = self._decode("train", self.scan("train"))
         if self.val_strategy == "patient":
-            train_idx, val_idx = patient_split(paths, labels, self.val_fraction, self.seed)
-            self._add_split("train", train_folder, train_idx)
-            self._add_split("val", train_folder, val_idx)
+            good = train.rows
+            train_idx, val_idx = patient_split([train.files[r] for r in good], train.labels[good].tolist(),
+                                               self.val_fraction, self.seed)
+            self._register("train", train, good[train_idx])
+            self._register("val", train, good[val_idx])
         else:
-            self._add_split("train", train_folder, None)
-            self._add_split("val", self.scan("val"), None)
+            val = self._decode("val", self.scan("val"))
+            self._register("train", train, train.rows)
+            self._register("val", val, val.rows)
         if self.output_dir is not None:
             write_split(self.output_dir / "split.json", self.root, self.files["train"], self.files["val"])
 
-    def _add_split(self, split: str, folder: ImageFolder, indices: list[int] | None) -> None:
-        indices = list(range(len(folder.samples))) if indices is None else indices
-        files = [folder.samples[i][0] for i in indices]
-        labels = np.array([folder.samples[i][1] for i in indices], dtype=np.float32)
-        if len(files) == 0:
-            raise ValueError(f"no images for the {split} split under {folder.root}. {HOW_TO_GET_DATA}")
-        self.files[split], self.labels[split] = files, labels
-        if self.cache == "none":
-            self.datasets[split] = Subset(folder, indices)
+    def _decode(self, split: str, folder: ImageFolder) -> "_Source":
+        """Decode a whole split folder once (the cache does not depend on how it is split later)."""
+        files = [path for path, _ in folder.samples]
+        labels = np.array([label for _, label in folder.samples], dtype=np.float32)
+        # With cache=none this pass only finds bad files; the pixels are dropped again.
+        decoded = decode_all(files, self.image_size, self.channels,
+                             cache_dir=self.cache_dir if self.cache == "disk" else None,
+                             description=f"decoding {split}")
+        self.skipped += [{"split": split, "path": files[row], "reason": reason}
+                         for row, reason in sorted(decoded.bad.items())]
+        rows = np.array(decoded.good_rows, dtype=np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"no readable images for the {split} split under {folder.root}. {HOW_TO_GET_DATA}")
+        return _Source(files, labels, folder if self.cache == "none" else decoded.pixels, rows)
+
+    def _register(self, split: str, source: "_Source", rows: np.ndarray) -> None:
+        self.files[split] = [source.files[r] for r in rows]
+        self.labels[split] = source.labels[rows]
+        if isinstance(source.pixels, ImageFolder):
+            self.datasets[split] = Subset(source.pixels, rows.tolist())
         else:
-            pixels = decode_all(files, self.image_size, self.channels,
-                                cache_dir=self.cache_dir if self.cache == "disk" else None,
-                                description=f"decoding {split}")
-            self.datasets[split] = CachedImages(pixels, labels)
+            self.datasets[split] = CachedImages(source.pixels, source.labels, rows)
+
+    def _report_bad_files(self) -> None:
+        """data.on_bad_file: `error` lists every unreadable file at once; `skip` warns once and goes on."""
+        unreadable = [entry for entry in self.skipped if not entry["reason"].endswith("(ignored)")]
+        new = [entry for entry in self.skipped if entry["path"] not in self._reported]
+        self._reported.update(entry["path"] for entry in new)
+        listing = "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in new)
+        if unreadable and self.on_bad_file == "error":
+            raise ValueError(f"{len(unreadable)} file(s) cannot be read (data.on_bad_file=error):\n" + "\n".join(
+                f"  {entry['path']}: {entry['reason']}" for entry in unreadable)
+                + "\nRemove or replace them, or pass data.on_bad_file=skip to train without them.")
+        if new:
+            warnings.warn(f"skipped {len(new)} file(s) (data.on_bad_file={self.on_bad_file}):\n{listing}",
+                          stacklevel=2)
+
+    def skipped_files_text(self) -> str:
+        """skipped_files.txt: one line per file left out, with the split and the reason."""
+        return "".join(f"{entry['split']}\t{entry['path']}\t{entry['reason']}\n" for entry in self.skipped)
 
     # ---- facts the rest of the run needs ---------------------------------------------------------
     def class_counts(self, split: str) -> dict[str, int]:
@@ -219,6 +273,38 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+@dataclass
+class _Source:
+    """One decoded split folder: all its files and labels, the pixels (or the ImageFolder when
+    uncached), and the rows that decoded."""
+
+    files: list[str]
+    labels: np.ndarray
+    pixels: Any
+    rows: np.ndarray
+
+
+class _CaseInsensitiveFolder(ImageFolder):
+    """ImageFolder whose class folders match NORMAL/PNEUMONIA in any case, and nothing else."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        folders = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+        by_class: dict[str, list[str]] = {}
+        for name in folders:
+            by_class.setdefault(name.upper(), []).append(name)
+        unexpected = [name for name in folders if name.upper() not in CLASS_TO_IDX]
+        doubled = [names for names in by_class.values() if len(names) > 1]
+        missing = [name for name in CLASS_NAMES if name not in by_class]
+        if unexpected or doubled or missing:
+            raise ValueError(f"{directory} has class folders {folders}; expected exactly {list(CLASS_NAMES)} "
+                             f"(NORMAL=0, PNEUMONIA=1, any case)"
+                             + (f"; unexpected: {unexpected}" if unexpected else "")
+                             + (f"; missing: {missing}" if missing else "")
+                             + (f"; the same class twice: {doubled}" if doubled else ""))
+        classes = [by_class[name][0] for name in CLASS_NAMES]
+        return classes, {folder: CLASS_TO_IDX[folder.upper()] for folder in classes}
 
 
 def _collate_float_labels(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

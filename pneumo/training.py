@@ -88,6 +88,9 @@ def _record_context(logger, cfg: DictConfig, datamodule) -> None:
     logger.log_hyperparams({f"data.n_{split}_{name.lower()}": n
                             for split, by_class in counts.items() for name, n in by_class.items()}
                            | {"data.pos_weight_used": datamodule.pos_weight})
+    if datamodule.skipped:
+        logger.experiment.log_text(logger.run_id, datamodule.skipped_files_text(), "data/skipped_files.txt")
+    logger.log_hyperparams({"data.n_skipped_files": len(datamodule.skipped)})
     if datamodule.output_dir is not None:
         tracking.log_file(logger, datamodule.output_dir / "split.json", "data")
         tracking.log_file(logger, datamodule.output_dir / ".hydra" / "overrides.yaml", "config")

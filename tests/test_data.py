@@ -77,16 +77,16 @@ def test_disk_cache_is_reused_and_invalidated_when_a_file_changes(tiny_root, tmp
         (tmp_path / "imgs").mkdir(exist_ok=True)
         shutil.copy(file, copies[-1])
     cache_dir = tmp_path / "cache"
-    first = decode_all(copies, 32, 1, cache_dir=cache_dir)
+    first = decode_all(copies, 32, 1, cache_dir=cache_dir).pixels
     key = cache_key(copies, 32, 1)
     stored = cache_dir / f"{key}.npy"
     mtime = stored.stat().st_mtime_ns
-    again = decode_all(copies, 32, 1, cache_dir=cache_dir)
+    again = decode_all(copies, 32, 1, cache_dir=cache_dir).pixels
     assert stored.stat().st_mtime_ns == mtime and np.array_equal(first, again)
 
     Image.new("L", (600, 600), color=255).save(copies[0], quality=95)  # the file changes
     assert cache_key(copies, 32, 1) != key
-    changed = decode_all(copies, 32, 1, cache_dir=cache_dir)
+    changed = decode_all(copies, 32, 1, cache_dir=cache_dir).pixels
     assert changed[0].min() > 250 and not np.array_equal(changed[0], first[0])
     assert np.array_equal(changed[1:], first[1:])
     assert cache_key(copies, 64, 1) != cache_key(copies, 32, 1)  # and so does the image size
