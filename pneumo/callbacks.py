@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumo.data import CLASS_NAMES
 
@@ -99,3 +100,18 @@ class BestEpochFigures(L.Callback):
         paths = [plots.plot_roc(labels.astype(int), probs, self.threshold, self.output_dir / "val_best_roc.png"),
                  plots.plot_confusion(path=self.output_dir / "val_best_confusion.png", **counts)]
         log_figures(trainer, paths)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during training: save `interrupted.ckpt` before the process exits,
+    so `resume=` can continue from where it stopped. Crashes (e.g. a NaN loss) save nothing: the
+    weights may be the cause, and the checkpoints written before stay as they were."""
+
+    def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.path)
+            print(f"\ninterrupted: saved {self.path}; continue with resume={self.path}", flush=True)

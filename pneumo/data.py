@@ -11,12 +11,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, \
-    Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from pneumo.cache import decode_all
 from pneumo.images import load_tensor
+from pneumo.sampling import EpochBatches
 from pneumo.splits import patient_split, write_split
 
 CLASS_TO_IDX = {"NORMAL": 0, "PNEUMONIA": 1}
@@ -102,7 +102,8 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ValueError("data.cache=disk needs data.cache_dir")
         self.root = Path(root).expanduser()
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
-        self.num_workers = resolve_num_workers(num_workers)
+        self.num_workers = num_workers
+        resolve_num_workers(num_workers, cached=cache != "none")  # fail early on a bad value
         self.val_strategy, self.val_fraction, self.balance = val_strategy, val_fraction, balance
         self.cache, self.cache_dir, self.seed = cache, cache_dir, seed
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
@@ -239,28 +240,26 @@ class ChestXrayDataModule(L.LightningDataModule):
         return counts["NORMAL"] / max(counts["PNEUMONIA"], 1)
 
     # ---- loaders ---------------------------------------------------------------------------------
-    def _sampler(self, split: str, shuffle: bool) -> torch.utils.data.Sampler:
-        generator = torch.Generator().manual_seed(self.seed)
-        dataset = self.datasets[split]
+    def _batches(self, split: str, shuffle: bool) -> EpochBatches:
+        labels = self.labels[split]
+        weights = None
         if shuffle and self.balance == "sampler":
-            labels = self.labels[split]
-            class_weight = {label: 1.0 / max((labels == label).sum(), 1) for label in (0.0, 1.0)}
-            weights = torch.tensor([class_weight[label] for label in labels], dtype=torch.double)
-            return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
-        return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+            class_weight = {label: 1.0 / max(int((labels == label).sum()), 1) for label in (0.0, 1.0)}
+            weights = torch.tensor([class_weight[float(label)] for label in labels], dtype=torch.double)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return EpochBatches(len(labels), self.batch_size, shuffle, self.seed, weights, rank, world)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup("test" if split == "test" else "fit")
         dataset = self.datasets[split]
-        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                      persistent_workers=self.num_workers > 0)
-        sampler = self._sampler(split, shuffle)
-        if isinstance(dataset, CachedImages):
-            batches = BatchSampler(sampler, self.batch_size, drop_last=False)
+        workers = resolve_num_workers(self.num_workers, cached=isinstance(dataset, CachedImages))
+        common = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
+        batches = self._batches(split, shuffle)
+        if isinstance(dataset, CachedImages):  # the dataset takes a whole batch of indices at once
             return DataLoader(dataset, sampler=batches, batch_size=None, **common)
-        return DataLoader(dataset, sampler=sampler, batch_size=self.batch_size,
-                          collate_fn=_collate_float_labels, **common)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=_collate_float_labels, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -312,10 +311,12 @@ def _collate_float_labels(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.
     return torch.stack(images), torch.tensor(labels, dtype=torch.float32)
 
 
-def resolve_num_workers(value: int | str) -> int:
-    """'auto': half the CPU cores (at least 1, at most 8): the other half runs the model."""
+def resolve_num_workers(value: int | str, cached: bool) -> int:
+    """'auto': no worker processes for a cache (a batch is one array slice; shipping it between processes
+    costs more than making it, and the batch order then stays exactly resumable); for files decoded every
+    epoch, half the CPU cores (at least 1, at most 8), the other half running the model."""
     if value == "auto":
-        return max(1, min(8, (os.cpu_count() or 2) // 2))
+        return 0 if cached else max(1, min(8, (os.cpu_count() or 2) // 2))
     if int(value) < 0:
         raise ValueError(f"data.num_workers={value} must be >= 0 or 'auto'")
     return int(value)

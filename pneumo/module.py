@@ -40,7 +40,8 @@ class PneumoniaClassifier(L.LightningModule):
                  augment: nn.Module | None = None, pos_weight: float | None = None,
                  channels_last: bool = True, in_channels: int = 3, mean: list[float] | None = None,
                  std: list[float] | None = None, monitor: str = "val/auroc",
-                 threshold_policy: str = "sensitivity", target_sensitivity: float = 0.95) -> None:
+                 threshold_policy: str = "sensitivity", target_sensitivity: float = 0.95,
+                 seed: int | None = None) -> None:
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -54,6 +55,9 @@ class PneumoniaClassifier(L.LightningModule):
         self.val_metrics = epoch_metrics()
         self.test_metrics = epoch_metrics()
         self.extra_checkpoint: dict[str, Any] = {}
+        # With a seed, every training step reseeds torch from (seed, step, rank): augmentation and
+        # dropout then depend on the step, not on history, so a resumed run repeats an uninterrupted one.
+        self.seed = seed
         # The operating threshold is chosen on each epoch's validation scores and saved with the
         # checkpoint of that epoch, so evaluation uses the threshold that belongs to the weights.
         self.threshold_policy, self.target_sensitivity = threshold_policy, target_sensitivity
@@ -75,7 +79,9 @@ class PneumoniaClassifier(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
+        training = self._trainer is not None and self.trainer.training
+        if training and self.seed is not None:
+            torch.manual_seed(self.seed * 1_000_003 + self.trainer.global_step * 101 + self.global_rank)
         return self.preprocess(images, train=training), labels.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +91,10 @@ class PneumoniaClassifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} (global step "
+                f"{self.global_step}); stopped. Checkpoints saved before this step are kept; try a lower optim.lr.")
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 

@@ -16,10 +16,12 @@ MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of one parameter value
 
 
 def mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                  artifact_location: str | None = None, tags: dict[str, str] | None = None) -> MLFlowLogger:
+                  artifact_location: str | None = None, tags: dict[str, str] | None = None,
+                  run_id: str | None = None) -> MLFlowLogger:
     """An MLFlowLogger on a database store or a server; never the deprecated ./mlruns file store.
 
     `artifact_location` is used for local stores only: a tracking server decides where artifacts go.
+    `run_id` continues an existing run (resume) instead of starting one.
     """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +30,7 @@ def mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None 
     if artifact_location and artifact_location.startswith("file:"):
         Path(artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
-                        artifact_location=artifact_location, tags={**git_tags(), **(tags or {})})
+                        artifact_location=artifact_location, tags={**git_tags(), **(tags or {})}, run_id=run_id)
 
 
 def git_tags() -> dict[str, str]:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo import tracking
 from pneumo.checkpoints import load_checkpoint
+from pneumo.config import PROJECT_ROOT
 from pneumo.factory import build_callbacks, build_module
 from pneumo.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
 
@@ -50,21 +53,31 @@ def run_training(cfg: DictConfig) -> float:
     datamodule.setup("fit")
     log.info("data %s: %s", datamodule.root, datamodule.summary())
 
-    logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(),
-                         tags=run_tags()) if cfg.get("logger") else None
+    resume = resolve_resume(cfg.get("resume"))
+    resumed_run = (load_checkpoint(resume)["pneumo"].get("mlflow") or {}).get("run_id") if resume else None
+    logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(), tags=run_tags(),
+                         run_id=resumed_run) if cfg.get("logger") else None
     module = build_module(cfg, pos_weight=datamodule.pos_weight)
     module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
                                "mlflow": {"run_id": logger.run_id, "tracking_uri": cfg.logger.tracking_uri}
                                if logger else None}
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
-    if logger:
+    if logger and resumed_run:
+        logger.experiment.update_run(resumed_run, status="RUNNING")
+        logger.experiment.set_tag(resumed_run, "resumed_from", str(resume))
+    elif logger:
         _record_context(logger, cfg, datamodule)
 
     try:
-        trainer.fit(module, datamodule=datamodule)
-    except BaseException:
-        if logger:  # never leave a RUNNING run behind
-            tracking.end_run(logger, "KILLED" if trainer.interrupted else "FAILED")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except BaseException as error:
+        # Never leave a RUNNING run behind. Ctrl-C reaches here as Lightning's sys.exit(1), SIGTERM as
+        # SIGTERMException (a SystemExit whose exit code would be 0): both are KILLED, the rest FAILED.
+        stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+        if logger:
+            tracking.end_run(logger, "KILLED" if stopped else "FAILED")
+        if isinstance(error, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM) from error
         raise
     if trainer.interrupted:  # Lightning swallows Ctrl-C after a graceful shutdown
         if logger:
@@ -78,6 +91,22 @@ def run_training(cfg: DictConfig) -> float:
         log.info("MLflow run %s (%s=%.4f). Open it with:\n%s", logger.run_id, cfg.objective, objective,
                  tracking.ui_hint(cfg.logger.tracking_uri, experiment_id))
     return objective
+
+
+def resolve_resume(value: str | None) -> Path | None:
+    """`resume=PATH`, or `resume=last`: the newest last.ckpt or interrupted.ckpt under outputs/ and multirun/."""
+    if not value:
+        return None
+    if value != "last":
+        path = Path(value).expanduser()
+        load_checkpoint(path)  # fails early, with the reason, on a missing or foreign file
+        return path
+    found = [p for folder in ("outputs", "multirun") for p in (PROJECT_ROOT / folder).glob("**/checkpoints/*.ckpt")
+             if p.name in ("last.ckpt", "interrupted.ckpt")]
+    if not found:
+        raise FileNotFoundError(f"resume=last found no last.ckpt or interrupted.ckpt under "
+                                f"{PROJECT_ROOT / 'outputs'} or {PROJECT_ROOT / 'multirun'}: pass resume=PATH")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _record_context(logger, cfg: DictConfig, datamodule) -> None:
@@ -106,7 +135,8 @@ def _record_results(logger, trainer: L.Trainer) -> None:
         logger.experiment.set_tag(logger.run_id, "best_checkpoint", Path(checkpoint.best_model_path).name)
         # The operating threshold that belongs to the best weights, as evaluate.py will use it.
         threshold = load_checkpoint(checkpoint.best_model_path)["pneumo"].get("threshold", {})
-        logger.log_hyperparams({f"threshold.{key}": value for key, value in threshold.items()})
+        for key, value in threshold.items():  # tags, not params: a resumed run may choose another
+            logger.experiment.set_tag(logger.run_id, f"threshold.{key}", str(value))
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:

@@ -38,8 +38,8 @@ def test_training_logs_every_metric_once_per_epoch(trained):
     assert run.data.params["augment.strength"] == "1.0"
     assert run.data.params["model.net._target_"] == "pneumo.models.SeedCNN"
     assert len(run.data.tags["git_commit"]) in (0, 40)
-    assert run.data.params["threshold.policy"] in ("sensitivity", "fixed")
-    assert 0 <= float(run.data.params["threshold.value"]) <= 1
+    assert run.data.tags["threshold.policy"] in ("sensitivity", "fixed")
+    assert 0 <= float(run.data.tags["threshold.value"]) <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoints", "config", "data", "figures"} <= artifacts
     checkpoints = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]

@@ -1,0 +1,148 @@
+"""Interruptions end in a checkpoint and a closed MLflow run; resume continues the same run exactly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from mlflow import MlflowClient
+
+from pneumo.checkpoints import load_checkpoint
+from pneumo.config import PROJECT_ROOT
+from pneumo.data import ChestXrayDataModule
+from pneumo.models import SeedCNN
+from pneumo.module import PneumoniaClassifier
+from tests.conftest import TINY_SET, run_entry_point
+
+METRICS = ("train/loss", "val/loss", "val/auroc", "val/tp", "val/fp")
+
+
+def _args(tmp: Path) -> list[str]:
+    return ["data=synthetic", "data.synthetic.n_train=200", "data.synthetic.n_test=40",
+            "data.synthetic.min_side=512", "data.synthetic.max_side=600", "data.image_size=64",
+            "data.batch_size=8", "trainer.max_epochs=3", "trainer.deterministic=true", f"cache_dir={tmp}/cache",
+            f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db", f"logger.artifact_location=file://{tmp}/art"]
+
+
+def _runs(tmp: Path) -> list:
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    return client, client.search_runs([client.get_experiment_by_name("pneumo").experiment_id],
+                                      order_by=["attributes.start_time ASC"])
+
+
+def _history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in METRICS}
+
+
+def _start(tmp: Path, run_dir: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *_args(tmp),
+                             f"hydra.run.dir={tmp}/{run_dir}", *extra], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One uninterrupted reference run; later tests add runs to the same store."""
+    tmp = tmp_path_factory.mktemp("resume")
+    result = run_entry_point("train.py", *_args(tmp), f"hydra.run.dir={tmp}/reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp
+
+
+def test_same_seed_and_deterministic_gives_identical_metrics_twice(store):
+    result = run_entry_point("train.py", *_args(store), f"hydra.run.dir={store}/again")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = _runs(store)
+    first, second = (_history(client, run.info.run_id) for run in runs[-2:])
+    assert first == second and len(first["val/auroc"]) == 3
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(store):
+    client, before = _runs(store)
+    reference = _history(client, before[0].info.run_id)
+    process = _start(store, "killed")
+    _wait_for(store / "killed" / "checkpoints" / "last.ckpt", process)
+    time.sleep(1.0)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    client, runs = _runs(store)
+    killed = runs[-1]
+    assert len(client.get_metric_history(killed.info.run_id, "val/auroc")) < 3
+
+    result = run_entry_point("train.py", *_args(store), f"hydra.run.dir={store}/resumed",
+                             f"resume={store}/killed/checkpoints/last.ckpt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, after = _runs(store)
+    assert len(after) == len(runs)  # continued the same MLflow run, no second one
+    resumed = client.get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert _history(client, killed.info.run_id) == reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_ends_killed_and_resumes(store, sig):
+    name = f"stopped_{sig.name}"
+    process = _start(store, name)
+    _wait_for(store / name / "checkpoints" / "last.ckpt", process)
+    time.sleep(1.0)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    saved = store / name / "checkpoints" / "interrupted.ckpt"
+    assert saved.is_file(), output[-2000:]
+    assert f"resume={saved}" in output
+    client, runs = _runs(store)
+    run_id = load_checkpoint(saved)["pneumo"]["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    result = run_entry_point("train.py", *_args(store), f"hydra.run.dir={store}/{name}_resumed", f"resume={saved}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.get_metric_history(run_id, "val/auroc")) == 3
+
+
+def test_a_crash_ends_the_run_failed(store):
+    result = run_entry_point("train.py", *_args(store), f"hydra.run.dir={store}/crash",
+                             "module.threshold_policy=bogus")
+    assert result.returncode != 0 and "bogus" in result.stderr
+    client, runs = _runs(store)
+    assert runs[-1].info.status == "FAILED"
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
+    class PoisonAtSecondEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 1:
+                with torch.no_grad():
+                    module.model.head[1].weight.fill_(float("nan"))
+
+    dm = ChestXrayDataModule(str(tiny_root), image_size=64, batch_size=16, num_workers=0, cache="memory")
+    module = PneumoniaClassifier(SeedCNN(64), optimizer=partial(torch.optim.Adam, lr=1e-3))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="good", save_last=True)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[checkpoint, PoisonAtSecondEpoch()])
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 0 \(global step \d+\)"):
+        trainer.fit(module, datamodule=dm)
+    kept = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert kept["epoch"] == 0
+    assert all(torch.isfinite(value).all() for value in kept["state_dict"].values())
