@@ -1,13 +1,14 @@
 """MLflow glue: where runs go, what each run records, and the link that opens them in the UI."""
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo.config import PROJECT_ROOT, flatten
@@ -23,14 +24,31 @@ def mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None 
     `artifact_location` is used for local stores only: a tracking server decides where artifacts go.
     `run_id` continues an existing run (resume) instead of starting one.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    else:
+    if not tracking_uri.startswith("sqlite:///"):
         artifact_location = None
-    if artifact_location and artifact_location.startswith("file:"):
-        Path(artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    prepare_store(tracking_uri, experiment_name, artifact_location)
     return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
                         artifact_location=artifact_location, tags={**git_tags(), **(tags or {})}, run_id=run_id)
+
+
+def prepare_store(tracking_uri: str, experiment_name: str, artifact_location: str | None = None) -> None:
+    """Create the sqlite store and the experiment once, under a file lock.
+
+    Several processes opening a new sqlite store at once (a joblib sweep) race on its schema
+    migrations ("Online migration expected to match one row"); the lock makes the first one create
+    it and the others find it ready.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if artifact_location and artifact_location.startswith("file:"):
+        Path(artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    with open(database.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if client.get_experiment_by_name(experiment_name) is None:
+            client.create_experiment(experiment_name, artifact_location=artifact_location)
 
 
 def git_tags() -> dict[str, str]:
