@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumo.data import CLASS_NAMES
@@ -39,10 +40,12 @@ class AugmentationGrid(L.Callback):
 
 def log_figures(trainer: L.Trainer, paths: list[Path]) -> None:
     """Figures into the run's MLflow artifacts under figures/ (no-op without an MLflow logger)."""
+    from pneumo.tracking import log_file
+
     for logger in trainer.loggers:
-        if hasattr(logger, "run_id") and hasattr(logger.experiment, "log_artifact"):
+        if isinstance(logger, MLFlowLogger):
             for path in paths:
-                logger.experiment.log_artifact(logger.run_id, str(path), "figures")
+                log_file(logger, path, "figures")
 
 
 def save_image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 4) -> Path:

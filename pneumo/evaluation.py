@@ -179,4 +179,4 @@ def _log_to_mlflow(cfg: DictConfig, report: dict[str, Any], output_dir: Path) ->
             tracking.log_file(logger, path, "report")
     tracking.end_run(logger, "FINISHED")
     log.info("MLflow evaluation run %s. Open it with:\n%s", logger.run_id,
-             tracking.ui_hint(cfg.logger.tracking_uri, logger.experiment_id))
+             tracking.ui_hint(logger.tracking_uri, logger.experiment_id))

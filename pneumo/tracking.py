@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import os
 import subprocess
+import urllib.request
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow import MlflowClient
@@ -13,22 +18,107 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumo.config import PROJECT_ROOT, flatten
 
+log = logging.getLogger(__name__)
+
 MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of one parameter value
+
+
+class TrackingLogger(MLFlowLogger):
+    """MLFlowLogger that outlives its tracking server.
+
+    If the server stops answering mid-run, training goes on: the first failure is reported, every later
+    metric, parameter and artifact is kept in `lost_path` (JSON lines) instead of being sent, and the end
+    of the run says how much was not logged. Checkpoints are on local disk either way.
+    """
+
+    def __init__(self, *args: Any, lost_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracking_uri = kwargs["tracking_uri"]
+        self.lost_path = Path(lost_path) if lost_path else None
+        self.lost: list[dict[str, Any]] = []
+        self.failed_at: str | None = None
+
+    def guard(self, what: str, call: Callable[..., Any], *args: Any, record: Any = None, **kwargs: Any) -> Any:
+        """Run one MLflow call; after the first failure, keep the payload locally instead."""
+        if self.failed_at is None:
+            try:
+                return call(*args, **kwargs)
+            except Exception as error:  # connection refused, timeouts, HTTP 5xx after MLflow's retries
+                self.failed_at = what
+                warnings.warn(f"MLflow at {self.tracking_uri} stopped answering ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}) while logging {what}. Training goes on; "
+                              f"what is not logged is kept in {self.lost_path}.", RuntimeWarning, stacklevel=2)
+        self.lost.append({"what": what, "payload": record})
+        self._write_lost()
+        return None
+
+    def _write_lost(self) -> None:
+        if self.lost_path is not None:
+            self.lost_path.parent.mkdir(parents=True, exist_ok=True)
+            self.lost_path.write_text("".join(json.dumps(entry, default=str) + "\n" for entry in self.lost))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        plain = {key: float(value) for key, value in metrics.items()}
+        self.guard(f"metrics at step {step}", super().log_metrics, metrics, step,
+                   record={"step": step, "metrics": plain})
+
+    def log_hyperparams(self, params: Any) -> None:
+        self.guard("params", super().log_hyperparams, params, record=dict(params))
+
+    def finalize(self, status: str = "success") -> None:
+        self.guard(f"the run status ({status})", super().finalize, status, record=status)
+        if self.lost:
+            log.warning("MLflow did not receive %d logging call(s) after it failed at %s; they are in %s",
+                        len(self.lost), self.failed_at, self.lost_path)
 
 
 def mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
                   artifact_location: str | None = None, tags: dict[str, str] | None = None,
-                  run_id: str | None = None) -> MLFlowLogger:
-    """An MLFlowLogger on a database store or a server; never the deprecated ./mlruns file store.
+                  run_id: str | None = None, on_unreachable: str = "error",
+                  local_tracking_uri: str | None = None, lost_path: str | None = None) -> TrackingLogger:
+    """An MLflow logger on a database store or a server; never the deprecated ./mlruns file store.
 
     `artifact_location` is used for local stores only: a tracking server decides where artifacts go.
-    `run_id` continues an existing run (resume) instead of starting one.
+    `run_id` continues an existing run (resume) instead of starting one. A server that does not answer
+    at start is an error (`on_unreachable=error`), or the run goes to `local_tracking_uri` (`local`).
     """
+    if on_unreachable not in ("error", "local"):
+        raise ValueError(f"logger.on_unreachable={on_unreachable!r}: choose 'error' or 'local'")
+    if tracking_uri.startswith("http"):
+        _limit_http_retries()
+        problem = server_problem(tracking_uri)
+        if problem and (on_unreachable == "error" or not local_tracking_uri):
+            raise ConnectionError(
+                f"MLflow tracking server {tracking_uri} is unreachable ({problem}). Start it, fix "
+                f"logger.tracking_uri, or pass logger.on_unreachable=local to record this run in the local "
+                f"store{f' ({local_tracking_uri})' if local_tracking_uri else ''} instead.")
+        if problem:
+            log.warning("MLflow tracking server %s is unreachable (%s): this run goes to the local store %s",
+                        tracking_uri, problem, local_tracking_uri)
+            tracking_uri = local_tracking_uri
     if not tracking_uri.startswith("sqlite:///"):
         artifact_location = None
     prepare_store(tracking_uri, experiment_name, artifact_location)
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
-                        artifact_location=artifact_location, tags={**git_tags(), **(tags or {})}, run_id=run_id)
+    return TrackingLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
+                          artifact_location=artifact_location, tags={**git_tags(), **(tags or {})}, run_id=run_id,
+                          lost_path=lost_path)
+
+
+def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
+    """None if the server's /health answers, else what went wrong."""
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def _limit_http_retries() -> None:
+    """MLflow retries a failed request 7 times with growing waits (minutes in all); a training run
+    should notice a dead server in seconds. Values set by the user win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def prepare_store(tracking_uri: str, experiment_name: str, artifact_location: str | None = None) -> None:
@@ -68,7 +158,7 @@ def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
     """Flattened params (dotted like Hydra overrides) plus the resolved YAML as an artifact."""
     params = {key: _param_value(value) for key, value in flatten(cfg).items()}
     logger.log_hyperparams(params)
-    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
 
 
 def _param_value(value: Any) -> str:
@@ -76,18 +166,39 @@ def _param_value(value: Any) -> str:
     return text[:MLFLOW_PARAM_LIMIT]
 
 
+def _call(logger: MLFlowLogger, what: str, method: str, *args: Any, record: Any = None) -> Any:
+    """One MlflowClient call for this run, through the logger's guard when it has one."""
+    call = getattr(logger.experiment, method)
+    if isinstance(logger, TrackingLogger):
+        return logger.guard(what, call, logger.run_id, *args, record=record)
+    return call(logger.run_id, *args)
+
+
+def log_text(logger: MLFlowLogger, text: str, artifact_file: str) -> None:
+    _call(logger, artifact_file, "log_text", text, artifact_file, record=artifact_file)
+
+
 def log_json(logger: MLFlowLogger, payload: Any, artifact_file: str) -> None:
-    logger.experiment.log_dict(logger.run_id, payload, artifact_file)
+    _call(logger, artifact_file, "log_dict", payload, artifact_file, record=payload)
 
 
 def log_file(logger: MLFlowLogger, path: str | Path, artifact_dir: str | None = None) -> None:
     if Path(path).exists():
-        logger.experiment.log_artifact(logger.run_id, str(path), artifact_dir)
+        _call(logger, str(path), "log_artifact", str(path), artifact_dir, record=str(path))
+
+
+def set_tag(logger: MLFlowLogger, key: str, value: str) -> None:
+    _call(logger, f"tag {key}", "set_tag", key, value, record={key: value})
 
 
 def end_run(logger: MLFlowLogger, status: str) -> None:
     """Close the run as FINISHED, FAILED or KILLED, so no run is left RUNNING after a crash."""
-    logger.experiment.set_terminated(logger.run_id, status)
+    _call(logger, f"the run status ({status})", "set_terminated", status, record=status)
+
+
+def reopen_run(logger: MLFlowLogger) -> None:
+    """A resumed run is RUNNING again until it ends."""
+    _call(logger, "the run status (RUNNING)", "update_run", "RUNNING", record="RUNNING")
 
 
 def ui_link(tracking_uri: str, experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:

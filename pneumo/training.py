@@ -59,12 +59,12 @@ def run_training(cfg: DictConfig) -> float:
                          run_id=resumed_run) if cfg.get("logger") else None
     module = build_module(cfg, pos_weight=datamodule.pos_weight)
     module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
-                               "mlflow": {"run_id": logger.run_id, "tracking_uri": cfg.logger.tracking_uri}
+                               "mlflow": {"run_id": logger.run_id, "tracking_uri": logger.tracking_uri}
                                if logger else None}
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
     if logger and resumed_run:
-        logger.experiment.update_run(resumed_run, status="RUNNING")
-        logger.experiment.set_tag(resumed_run, "resumed_from", str(resume))
+        tracking.reopen_run(logger)
+        tracking.set_tag(logger, "resumed_from", str(resume))
     elif logger:
         _record_context(logger, cfg, datamodule)
 
@@ -89,7 +89,7 @@ def run_training(cfg: DictConfig) -> float:
         _record_results(logger, trainer)
         experiment_id = logger.experiment_id
         log.info("MLflow run %s (%s=%.4f). Open it with:\n%s", logger.run_id, cfg.objective, objective,
-                 tracking.ui_hint(cfg.logger.tracking_uri, experiment_id))
+                 tracking.ui_hint(logger.tracking_uri, experiment_id))
     return objective
 
 
@@ -118,7 +118,7 @@ def _record_context(logger, cfg: DictConfig, datamodule) -> None:
                             for split, by_class in counts.items() for name, n in by_class.items()}
                            | {"data.pos_weight_used": datamodule.pos_weight})
     if datamodule.skipped:
-        logger.experiment.log_text(logger.run_id, datamodule.skipped_files_text(), "data/skipped_files.txt")
+        tracking.log_text(logger, datamodule.skipped_files_text(), "data/skipped_files.txt")
     logger.log_hyperparams({"data.n_skipped_files": len(datamodule.skipped)})
     if datamodule.output_dir is not None:
         tracking.log_file(logger, datamodule.output_dir / "split.json", "data")
@@ -132,11 +132,11 @@ def _record_results(logger, trainer: L.Trainer) -> None:
     for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
         tracking.log_file(logger, Path(path), "checkpoints")
     if checkpoint.best_model_path:
-        logger.experiment.set_tag(logger.run_id, "best_checkpoint", Path(checkpoint.best_model_path).name)
+        tracking.set_tag(logger, "best_checkpoint", Path(checkpoint.best_model_path).name)
         # The operating threshold that belongs to the best weights, as evaluate.py will use it.
         threshold = load_checkpoint(checkpoint.best_model_path)["pneumo"].get("threshold", {})
         for key, value in threshold.items():  # tags, not params: a resumed run may choose another
-            logger.experiment.set_tag(logger.run_id, f"threshold.{key}", str(value))
+            tracking.set_tag(logger, f"threshold.{key}", str(value))
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:
