@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from pneumo.config import CONFIG_DIR
+from pneumo.config import CONFIG_DIR, exit_on_unknown_keys
 from pneumo.training import run_training
 
 
@@ -12,4 +12,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_keys("train")
     main()
