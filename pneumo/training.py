@@ -87,6 +87,8 @@ def run_training(cfg: DictConfig) -> float:
     objective = _objective(trainer, cfg.objective)
     if logger:
         _record_results(logger, trainer)
+        if cfg.get("mlflow_model"):
+            _log_best_model(logger, cfg, trainer)
         experiment_id = logger.experiment_id
         log.info("MLflow run %s (%s=%.4f). Open it with:\n%s", logger.run_id, cfg.objective, objective,
                  tracking.ui_hint(logger.tracking_uri, experiment_id))
@@ -137,6 +139,20 @@ def _record_results(logger, trainer: L.Trainer) -> None:
         threshold = load_checkpoint(checkpoint.best_model_path)["pneumo"].get("threshold", {})
         for key, value in threshold.items():  # tags, not params: a resumed run may choose another
             tracking.set_tag(logger, f"threshold.{key}", str(value))
+
+
+def _log_best_model(logger, cfg: DictConfig, trainer: L.Trainer) -> None:
+    """The best checkpoint's weights, in MLflow's model format, beside the run's checkpoints."""
+    from pneumo.checkpoints import load_weights
+    from pneumo.serving import log_serving_model
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        return
+    module = build_module(cfg, train=False)
+    load_weights(module, load_checkpoint(best), best)
+    logger.guard("the MLflow model", log_serving_model, logger, module, cfg.data.image_size, cfg.data.channels,
+                 record=best)
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:
