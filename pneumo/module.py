@@ -21,7 +21,7 @@ def epoch_metrics() -> MetricCollection:
     return MetricCollection({
         "recall": BinaryRecall(), "precision": BinaryPrecision(), "specificity": BinarySpecificity(),
         "acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "confusion": BinaryConfusionMatrix(),
-    })
+    }, compute_groups=False)
 
 
 def flatten_epoch_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -121,6 +121,10 @@ class PneumoniaClassifier(L.LightningModule):
     def _log_epoch(self, prefix: str, metrics: MetricCollection) -> None:
         self.log_dict(flatten_epoch_metrics(metrics.compute(), prefix), prog_bar=False)
         metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()  # whatever a previous pass left (e.g. an interrupted one) is not this epoch's
+        self._val_batches.clear()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val", self.val_metrics)

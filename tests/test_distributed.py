@@ -1,0 +1,58 @@
+"""DDP on CPU (gloo, 2 processes) under Hydra: one MLflow run per job, metrics synchronised across processes."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_entry_point
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+TINY = ["data=synthetic", "data.synthetic.n_train=80", "data.synthetic.n_test=40", "data.synthetic.min_side=512",
+        "data.synthetic.max_side=600", "data.image_size=64", "trainer.max_epochs=2"]
+
+
+def _store(tmp: Path) -> list[str]:
+    return [f"cache_dir={tmp}/cache", f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db",
+            f"logger.artifact_location=file://{tmp}/art"]
+
+
+def _check_synchronised(client: MlflowClient, run, tmp: Path) -> None:
+    """Both processes' validation samples are counted in every epoch: the full (padded) val set."""
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/summary.json", str(tmp))).read_text())
+    n_val = sum(summary["counts"]["val"].values())
+    per_epoch: dict[int, float] = {}
+    for key in ("val/tp", "val/fp", "val/tn", "val/fn"):
+        for metric in client.get_metric_history(run.info.run_id, key):
+            per_epoch[metric.step] = per_epoch.get(metric.step, 0) + metric.value
+    assert len(per_epoch) == 2
+    assert set(per_epoch.values()) == {2 * math.ceil(n_val / 2)}, (per_epoch, n_val)
+
+
+@pytest.mark.slow
+def test_ddp_single_run_is_one_mlflow_run(tmp_path):
+    result = run_entry_point("train.py", *DDP, *TINY, *_store(tmp_path), f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["trainer.strategy"] == "ddp_spawn"
+    _check_synchronised(client, run, tmp_path)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_multirun_gives_one_run_per_job(tmp_path):
+    result = run_entry_point("train.py", "-m", *DDP, *TINY, "augment.strength=0,1", *_store(tmp_path),
+                             f"hydra.sweep.dir={tmp_path}/multi")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
+            if r.data.tags.get("pneumo.kind") != "sweep_summary"]
+    assert sorted(r.info.run_name for r in runs) == ["augment.strength=0", "augment.strength=1"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        _check_synchronised(client, run, tmp_path)
