@@ -21,7 +21,8 @@ from pneumo.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
 log = logging.getLogger(__name__)
 
 # Overrides that say where things go, not what differs between runs: left out of run names.
-_NOT_IN_RUN_NAME = ("hydra.", "logger.", "data.root", "data.cache", "output_dir", "cache_dir")
+_NOT_IN_RUN_NAME = ("hydra.", "hydra/", "logger.", "data.root", "data.cache", "output_dir", "cache_dir",
+                    "hparams_search")
 
 
 def describe_overrides() -> str | None:
