@@ -87,7 +87,7 @@ def _decode_or_reason(file: str | Path, size: int, channels: int) -> np.ndarray 
 def _fill(array: np.ndarray, files: Sequence[str | Path], size: int, channels: int,
           workers: int | None, description: str) -> dict[int, str]:
     """Decode into `array` in parallel processes, in file order, with a progress bar."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or len(os.sched_getaffinity(0))
     decode = partial(_decode_or_reason, size=size, channels=channels)
     bad: dict[int, str] = {}
     progress = tqdm(total=len(files), desc=description, unit="img", leave=False, dynamic_ncols=True)

@@ -316,7 +316,7 @@ def resolve_num_workers(value: int | str, cached: bool) -> int:
     costs more than making it, and the batch order then stays exactly resumable); for files decoded every
     epoch, half the CPU cores (at least 1, at most 8), the other half running the model."""
     if value == "auto":
-        return 0 if cached else max(1, min(8, (os.cpu_count() or 2) // 2))
+        return 0 if cached else max(1, min(8, len(os.sched_getaffinity(0)) // 2))
     if int(value) < 0:
         raise ValueError(f"data.num_workers={value} must be >= 0 or 'auto'")
     return int(value)

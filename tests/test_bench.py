@@ -1,0 +1,122 @@
+"""`python -m pneumo.bench`: one JSON line with every figure, and an import chain free of MLflow/Hydra."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.bench import build_parser, decode_plain, fixed_sample
+from pneumo.images import decode_image
+from pneumo.synthetic import ensure_synthetic_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Written out here, not taken from pneumo.bench, so that dropping a key from the bench fails a test.
+REQUIRED_KEYS = (
+    "ceiling_img_s", "cold_img_s", "warm_img_s", "warm_over_ceiling", "cold_over_ceiling",
+    "decode_plain_img_s", "decode_draft_img_s", "prepare_s", "prepare_workers", "peak_rss_mb",
+    "peak_rss_children_mb", "cache_mb", "n_images", "image_size", "batch_size", "precision", "device",
+    "torch",
+)
+RATES = ("ceiling_img_s", "cold_img_s", "warm_img_s", "decode_plain_img_s", "decode_draft_img_s")
+FORBIDDEN = ("mlflow", "hydra", "omegaconf")
+# Runs the bench as `python -m pneumo.bench` would, with MLflow, Hydra and OmegaConf made unimportable,
+# as on the GPU machine that has only torch, torchvision, lightning, torchmetrics and Pillow.
+BLOCKED_RUN = f"""
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {FORBIDDEN!r}:
+            raise ModuleNotFoundError(f"blocked by the test: {{name}}", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv[0] = "pneumo.bench"
+runpy.run_module("pneumo.bench", run_name="__main__", alter_sys=True)
+"""
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("bench") / "chest_xray", seed=5, n_train=N_IMAGES,
+                                    n_val=0, n_test=0, min_side=96, max_side=160)
+
+
+def _python(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bench_prints_one_json_line_with_every_figure(bench_root):
+    run = _python("-c", BLOCKED_RUN, "--data-root", str(bench_root), "--image-size", "64", "--epochs", "2",
+                  "--batch-size", "8", "--ceiling-seconds", "0.3", "--decode-sample", "20", "--device", "cpu")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1, run.stdout[-3000:]  # progress and Lightning's chatter go to stderr
+    result = json.loads(lines[0])
+
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    assert not missing, missing
+    for key in RATES:
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    for rate in ("warm", "cold"):
+        ratio = result[f"{rate}_over_ceiling"]
+        assert math.isclose(ratio, result[f"{rate}_img_s"] / result["ceiling_img_s"], rel_tol=1e-3), rate
+    # The ceiling is the mean of its bursts: one before the cache build, one after each epoch.
+    samples = result["ceiling_samples_img_s"]
+    assert len(samples) == 3 and all(math.isfinite(r) and r > 0 for r in samples)
+    assert result["ceiling_img_s"] == pytest.approx(sum(samples) / len(samples), rel=1e-3)
+
+    assert (result["n_images"], result["image_size"], result["batch_size"]) == (N_IMAGES, 64, 8)
+    assert result["n_train"] + result["n_val"] == N_IMAGES and result["n_train"] > result["n_val"] > 0
+    assert len(result["epoch_s"]) == 2 and all(s > 0 for s in result["epoch_s"])
+    assert len(result["epoch_over_local_ceiling"]) == 2 and all(r > 0 for r in result["epoch_over_local_ceiling"])
+    assert result["precision"] == "32-true" and result["torch"]
+    assert result["cache_mb"] == pytest.approx(N_IMAGES * 64 * 64 / 2 ** 20, abs=1e-3)
+    assert result["prepare_s"] > 0 and result["prepare_workers"] >= 1
+    assert result["peak_rss_mb"] > 0 and result["peak_rss_children_mb"] >= 0
+    assert result["decode_sample"] == 20
+    assert isinstance(result["loader_workers"], int) and result["loader_workers"] >= 0
+
+
+def test_importing_the_bench_pulls_in_no_mlflow_hydra_or_omegaconf():
+    probe = ("import json, sys, pneumo.bench; "
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r} "
+             "or m in ('pneumo.config', 'pneumo.tracking', 'pneumo.training', 'pneumo.factory', "
+             "'pneumo.evaluation'))))")
+    run = _python("-c", probe)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.splitlines()[-1]) == []
+
+
+def test_plain_decode_is_a_fair_comparison_for_draft_decode(bench_root):
+    files = sorted((bench_root / "train").rglob("*.jpeg"))[:4]
+    for file in files:
+        plain, draft = decode_plain(file, 64), decode_image(file, 64)
+        assert plain.shape == draft.shape == (1, 64, 64) and plain.dtype == draft.dtype == np.uint8
+        # Same picture: draft mode changes the resampling path, not the content.
+        assert np.abs(plain.astype(float) - draft.astype(float)).mean() < 8
+
+
+def test_decode_sample_is_fixed_and_spread_over_the_list():
+    files = [Path(f"{i:04d}.jpeg") for i in range(1000)]
+    sample = fixed_sample(files, 100)
+    assert sample == fixed_sample(files, 100) and len(set(sample)) == 100
+    assert sample[0] == files[0] and sample[-1].name >= "0990.jpeg"
+    assert fixed_sample(files[:7], 100) == files[:7]
+
+
+def test_command_line_defaults_and_refusals():
+    args = build_parser().parse_args([])
+    assert (args.n_images, args.image_size, args.batch_size, args.epochs) == (1000, 128, 32, 3)
+    assert (args.device, args.channels_last, args.workers, args.cache) == ("auto", True, "auto", "memory")
+    assert build_parser().parse_args(["--no-channels-last", "--workers", "0"]).channels_last is False
+    for bad in (["--epochs", "1"], ["--workers", "-1"], ["--cache", "none"], ["--precision", "64"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)
