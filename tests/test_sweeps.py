@@ -74,3 +74,17 @@ def test_optuna_search_runs_trials_as_mlflow_runs_and_reports_the_best(tmp_path)
     best = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
     best_auroc = max(r.data.metrics["val/auroc"] for r in runs)
     assert f"best_value: {best_auroc}"[:18] in best
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    from pneumo.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        slurm = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                        return_hydra_config=True)
+        joblib = compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.partition == "gpu"
+    assert slurm.hydra.launcher.gpus_per_node == 1
+    assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
