@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import uuid
+from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -86,15 +87,15 @@ _IMAGE_STREAM = 2
 class _Params:
     """Validated generation parameters; also what the marker file records."""
 
-    seed: int
-    n_train: int
-    n_val: int
-    n_test: int
-    normal_fraction: float
-    min_side: int
-    max_side: int
-    rgb_fraction: float
-    quality: int
+    seed: int = 0
+    n_train: int = 600
+    n_val: int = 16
+    n_test: int = 200
+    normal_fraction: float = 0.26
+    min_side: int = 512
+    max_side: int = 1024
+    rgb_fraction: float = 0.1
+    quality: int = 90
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -485,20 +486,9 @@ def _is_ours(root: Path) -> bool:
     return (root / MARKER_NAME).exists() or (root / _INCOMPLETE_NAME).exists() or not any(root.iterdir())
 
 
-def ensure_synthetic_dataset(
-    root: Path,
-    *,
-    seed: int = 0,
-    n_train: int = 600,
-    n_val: int = 16,
-    n_test: int = 200,
-    normal_fraction: float = 0.26,
-    min_side: int = 512,
-    max_side: int = 1024,
-    rgb_fraction: float = 0.1,
-    quality: int = 90,
-) -> Path:
-    """Make sure ``root`` holds the synthetic set for these params; return it.
+def ensure_synthetic_dataset(root: Path, **params: Any) -> Path:
+    """Make sure ``root`` holds the synthetic set for these params (those of
+    :func:`write_synthetic_dataset`, defaults alike); return it.
 
     Nothing is written when the marker already records the same params, so
     repeated calls (every test, every run) are free. Otherwise the set is
@@ -506,10 +496,7 @@ def ensure_synthetic_dataset(
     an interrupted write never leaves a half set that looks complete, and of
     two processes racing, the loser simply uses the winner's folder.
     """
-    params = dict(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test,
-                  normal_fraction=normal_fraction, min_side=min_side, max_side=max_side,
-                  rgb_fraction=rgb_fraction, quality=quality)
-    p = _Params.make(**params)
+    p = _Params.make(**params)  # a misspelled or unknown name is a TypeError here
     root = Path(root)
     if _is_current(root, p):
         return root
@@ -520,7 +507,7 @@ def ensure_synthetic_dataset(
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = root.parent / f".{root.name}.tmp-{token}"
     try:
-        write_synthetic_dataset(tmp, **params)
+        write_synthetic_dataset(tmp, **asdict(p))
         for _ in range(5):
             if _is_current(root, p):  # someone else finished first: use theirs
                 return root
