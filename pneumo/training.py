@@ -102,7 +102,9 @@ def resolve_resume(value: str | None) -> Path | None:
         return None
     if value != "last":
         path = Path(value).expanduser()
-        load_checkpoint(path)  # fails early, with the reason, on a missing or foreign file
+        if "loops" not in load_checkpoint(path):  # fails early, with the reason, on a missing or foreign file
+            raise ValueError(f"resume={path}: the checkpoint holds weights but no training state (e.g. one "
+                             f"imported from Keras), so there is nothing to continue; evaluate it instead")
         return path
     found = [p for folder in ("outputs", "multirun") for p in (PROJECT_ROOT / folder).glob("**/checkpoints/*.ckpt")
              if p.name in ("last.ckpt", "interrupted.ckpt")]
