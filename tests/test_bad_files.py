@@ -210,3 +210,20 @@ def test_fuzz_folder_trains_on_exactly_the_valid_images(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[CountImages()])
     trainer.fit(module, datamodule=dm)
     assert sum(seen) == len(dm.files["train"])
+
+
+def test_training_logs_the_skipped_files_to_mlflow(tiny_root, tmp_path):
+    from mlflow import MlflowClient
+
+    from tests.conftest import isolated_overrides, run_entry_point
+
+    root = _copy(tiny_root, tmp_path)
+    _add_faults(root / "train" / "NORMAL")
+    result = run_entry_point("train.py", f"data.root={root}", "data.image_size=64", "trainer.max_epochs=1",
+                             "mlflow_model=false", *isolated_overrides(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
+    assert run.data.params["data.n_skipped_files"] == "6"
+    text = Path(client.download_artifacts(run.info.run_id, "data/skipped_files.txt", str(tmp_path))).read_text()
+    assert "zero.jpeg\tempty file (0 bytes)" in text and len(text.splitlines()) == 6
