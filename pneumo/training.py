@@ -58,18 +58,17 @@ def run_training(cfg: DictConfig) -> float:
     resumed_run = (load_checkpoint(resume)["pneumo"].get("mlflow") or {}).get("run_id") if resume else None
     logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(), tags=run_tags(),
                          run_id=resumed_run) if cfg.get("logger") else None
-    module = build_module(cfg, pos_weight=datamodule.pos_weight)
-    module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
-                               "mlflow": {"run_id": logger.run_id, "tracking_uri": logger.tracking_uri}
-                               if logger else None}
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
-    if logger and resumed_run:
-        tracking.reopen_run(logger)
-        tracking.set_tag(logger, "resumed_from", str(resume))
-    elif logger:
-        _record_context(logger, cfg, datamodule)
-
     try:
+        module = build_module(cfg, pos_weight=datamodule.pos_weight)
+        module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
+                                   "mlflow": {"run_id": logger.run_id, "tracking_uri": logger.tracking_uri}
+                                   if logger else None}
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
+        if logger and resumed_run:
+            tracking.reopen_run(logger)
+            tracking.set_tag(logger, "resumed_from", str(resume))
+        elif logger:
+            _record_context(logger, cfg, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except BaseException as error:
         # Never leave a RUNNING run behind. Ctrl-C reaches here as Lightning's sys.exit(1), SIGTERM as
