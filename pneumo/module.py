@@ -82,7 +82,10 @@ class PneumoniaClassifier(L.LightningModule):
         training = self._trainer is not None and self.trainer.training
         if training and self.seed is not None:
             torch.manual_seed(self.seed * 1_000_003 + self.trainer.global_step * 101 + self.global_rank)
-        return self.preprocess(images, train=training), labels.float()
+        x, y = self.preprocess(images, train=training), labels.float()
+        if training and self.augment is not None:
+            x, y = self.augment.mix(x, y)
+        return x, y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

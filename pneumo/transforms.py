@@ -22,10 +22,14 @@ class BatchAugment(nn.Module):
     """Per-sample random flip, rotation, zoom and contrast for a float batch in [0, 1] (B, C, H, W)."""
 
     def __init__(self, strength: float = 1.0, flip_p: float = 0.5, rotation_deg: float = 54.0,
-                 zoom: float = 0.2, contrast: float = 0.3) -> None:
+                 zoom: float = 0.2, contrast: float = 0.3, mixup_alpha: float = 0.0, mix_mode: str = "mixup") -> None:
         super().__init__()
         if strength < 0:
             raise ValueError(f"augment.strength={strength} must be >= 0 (0 turns augmentation off)")
+        if mixup_alpha < 0 or mix_mode not in ("mixup", "cutmix"):
+            raise ValueError(f"augment.mixup_alpha={mixup_alpha} must be >= 0 (0 = off) and augment.mix_mode="
+                             f"{mix_mode!r} one of 'mixup', 'cutmix'")
+        self.mixup_alpha, self.mix_mode = float(mixup_alpha), mix_mode
         self.strength = float(strength)
         # A probability cannot grow past its seed value; the ranges scale freely (clamped to stay valid).
         self.flip_p = flip_p * min(self.strength, 1.0)
@@ -66,6 +70,24 @@ class BatchAugment(nn.Module):
         factor = 1 + self._uniform(x.shape[0], self.contrast, x.device).to(x.dtype).view(-1, 1, 1, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)  # per image and channel, as Keras RandomContrast
         return ((x - mean) * factor + mean).clamp_(0, 1)
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup or CutMix with a partner drawn by permuting the batch; targets become soft labels
+        (BCE takes them as they are). One mixing weight per batch, from Beta(alpha, alpha)."""
+        if self.mixup_alpha == 0 or len(y) < 2:
+            return x, y
+        lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        partner = torch.randperm(len(y), device=x.device)
+        if self.mix_mode == "mixup":
+            return lam * x + (1 - lam) * x[partner], lam * y + (1 - lam) * y[partner]
+        height, width = x.shape[-2:]
+        cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+        top = int(torch.randint(0, height - cut_h + 1, (1,)))
+        left = int(torch.randint(0, width - cut_w + 1, (1,)))
+        mixed = x.clone()
+        mixed[..., top:top + cut_h, left:left + cut_w] = x[partner][..., top:top + cut_h, left:left + cut_w]
+        kept = 1 - cut_h * cut_w / (height * width)  # the label follows the area actually pasted
+        return mixed, kept * y + (1 - kept) * y[partner]
 
     def extra_repr(self) -> str:
         return f"strength={self.strength}"

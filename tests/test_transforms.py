@@ -64,3 +64,37 @@ def test_geometry_only_moves_pixels_without_contrast():
 def test_negative_strength_is_refused():
     with pytest.raises(ValueError, match="augment.strength"):
         BatchAugment(strength=-1)
+
+
+def test_mixup_alpha_zero_is_the_identity():
+    x, y = _batch(), torch.tensor([0.0, 1, 0, 1, 1, 0, 1, 1])
+    mixed, targets = BatchAugment(strength=0, mixup_alpha=0).mix(x, y)
+    assert mixed is x and targets is y
+
+
+def test_mixup_mixes_images_and_labels_with_the_same_weight():
+    x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(8)])  # image i is the constant i
+    y = torch.tensor([0.0, 1, 0, 1, 0, 1, 0, 1])
+    torch.manual_seed(4)
+    mixed, targets = BatchAugment(strength=0, mixup_alpha=0.4).mix(x, y)
+    values = mixed[:, 0, 0, 0]
+    assert torch.allclose(mixed, values.view(-1, 1, 1, 1).expand_as(mixed))  # a blend, not a patch
+    assert ((targets > 0) & (targets < 1)).any()
+    # Recover each image's own weight from its pixel value and check the label used the same one.
+    for i in range(8):
+        partners = [j for j in range(8) if j != i]
+        fits = []
+        for j in partners:
+            lam = (float(values[i]) - j) / (i - j)
+            if -1e-5 <= lam <= 1 + 1e-5:
+                fits.append(abs(lam * float(y[i]) + (1 - lam) * float(y[j]) - float(targets[i])))
+        assert (float(values[i]) == i and float(targets[i]) == float(y[i])) or (fits and min(fits) < 1e-5)
+
+
+def test_cutmix_label_follows_the_pasted_area():
+    torch.manual_seed(5)
+    x = torch.cat([torch.zeros(4, 1, 16, 16), torch.ones(4, 1, 16, 16)])
+    y = torch.tensor([0.0] * 4 + [1.0] * 4)
+    mixed, targets = BatchAugment(strength=0, mixup_alpha=1.0, mix_mode="cutmix").mix(x, y)
+    # Each image's label equals the share of its pixels that come from a pneumonia image (value 1).
+    torch.testing.assert_close(mixed.mean(dim=(1, 2, 3)), targets)
