@@ -174,6 +174,10 @@ def _log_to_mlflow(cfg: DictConfig, report: dict[str, Any], output_dir: Path) ->
     logger.log_metrics({f"test/{key}": entry["value"] for key, entry in report["metrics"].items()
                         if np.isfinite(entry["value"])})
     logger.log_metrics({f"test/{key}": float(value) for key, value in report["confusion_matrix"].items()})
+    # The training run's names too (val/recall ... -> test/recall ...), so both compare column by column.
+    aliases = {"recall": "sensitivity", "precision": "ppv", "acc": "accuracy"}
+    logger.log_metrics({f"test/{alias}": report["metrics"][key]["value"] for alias, key in aliases.items()
+                        if np.isfinite(report["metrics"][key]["value"])})
     for path in sorted(output_dir.iterdir()):
         if path.is_file() and path.suffix in (".json", ".csv", ".png", ".md"):
             tracking.log_file(logger, path, "report")

@@ -76,6 +76,8 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_reports(trained):
                               filter_string="tags.`pneumo.kind` = 'evaluation'")
     assert len(runs) == 1 and runs[0].data.tags["pneumo.train_run_id"] == report["checkpoint"]["train_run"]
     assert runs[0].data.metrics["test/sensitivity"] == pytest.approx(report["metrics"]["sensitivity"]["value"])
+    for name in ("recall", "precision", "specificity", "acc", "auroc", "tp", "fp", "tn", "fn"):
+        assert f"test/{name}" in runs[0].data.metrics, name  # the same names as the training run's val/
     for name in ("roc.png", "pr.png", "confusion.png", "reliability.png", "score_histogram.png", "gallery.png",
                  "gradcam.png", "predictions.csv", "report.md"):
         assert (out / name).is_file(), name
