@@ -64,7 +64,7 @@ def unknown_key_message(config_name: str, overrides: list[str]) -> str | None:
         return None
     finally:
         GlobalHydra.instance().clear()
-    known = set(flatten_keys(OmegaConf.to_container(cfg, resolve=False)))
+    known = set(flatten(OmegaConf.to_container(cfg, resolve=False)))
     problems = []
     for key in keys:
         if key in known or any(k.startswith(key + ".") for k in known):
@@ -78,15 +78,6 @@ def unknown_key_message(config_name: str, overrides: list[str]) -> str | None:
     if not problems:
         return None
     return "\n".join(problems) + f"\nTo add a new key on purpose, prefix it with '+' (+{keys[0]}=...)."
-
-
-def flatten_keys(container: Any, prefix: str = "") -> list[str]:
-    """Every dotted key of a nested dict (leaves and inner nodes' leaves)."""
-    keys: list[str] = []
-    if isinstance(container, dict):
-        for key, value in container.items():
-            keys += flatten_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
-    return keys
 
 
 def _groups() -> set[str]:
