@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -54,8 +55,8 @@ def run_training(cfg: DictConfig) -> float:
     datamodule.setup("fit")
     log.info("data %s: %s", datamodule.root, datamodule.summary())
 
-    resume = resolve_resume(cfg.get("resume"))
-    resumed_run = (load_checkpoint(resume)["pneumo"].get("mlflow") or {}).get("run_id") if resume else None
+    resume, resume_checkpoint = resolve_resume(cfg.get("resume"))
+    resumed_run = (resume_checkpoint["pneumo"].get("mlflow") or {}).get("run_id") if resume else None
     logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(), tags=run_tags(),
                          run_id=resumed_run) if cfg.get("logger") else None
     try:
@@ -86,31 +87,35 @@ def run_training(cfg: DictConfig) -> float:
 
     objective = _objective(trainer, cfg.objective)
     if logger:
-        _record_results(logger, trainer)
-        if cfg.get("mlflow_model"):
-            _log_best_model(logger, cfg, trainer)
+        best = _record_results(logger, trainer)
+        if cfg.get("mlflow_model") and best:
+            _log_best_model(logger, cfg, *best)
         experiment_id = logger.experiment_id
         log.info("MLflow run %s (%s=%.4f). Open it with:\n%s", logger.run_id, cfg.objective, objective,
                  tracking.ui_hint(logger.tracking_uri, experiment_id))
     return objective
 
 
-def resolve_resume(value: str | None) -> Path | None:
-    """`resume=PATH`, or `resume=last`: the newest last.ckpt or interrupted.ckpt under outputs/ and multirun/."""
+def resolve_resume(value: str | None) -> tuple[Path | None, dict[str, Any] | None]:
+    """`resume=PATH`, or `resume=last`: the newest last.ckpt or interrupted.ckpt under outputs/ and
+    multirun/; returned with the checkpoint, read once and checked to hold a training state."""
     if not value:
-        return None
-    if value != "last":
+        return None, None
+    if value == "last":
+        found = [p for folder in ("outputs", "multirun")
+                 for p in (PROJECT_ROOT / folder).glob("**/checkpoints/*.ckpt")
+                 if p.name in ("last.ckpt", "interrupted.ckpt")]
+        if not found:
+            raise FileNotFoundError(f"resume=last found no last.ckpt or interrupted.ckpt under "
+                                    f"{PROJECT_ROOT / 'outputs'} or {PROJECT_ROOT / 'multirun'}: pass resume=PATH")
+        path = max(found, key=lambda p: p.stat().st_mtime)
+    else:
         path = Path(value).expanduser()
-        if "loops" not in load_checkpoint(path):  # fails early, with the reason, on a missing or foreign file
-            raise ValueError(f"resume={path}: the checkpoint holds weights but no training state (e.g. one "
-                             f"imported from Keras), so there is nothing to continue; evaluate it instead")
-        return path
-    found = [p for folder in ("outputs", "multirun") for p in (PROJECT_ROOT / folder).glob("**/checkpoints/*.ckpt")
-             if p.name in ("last.ckpt", "interrupted.ckpt")]
-    if not found:
-        raise FileNotFoundError(f"resume=last found no last.ckpt or interrupted.ckpt under "
-                                f"{PROJECT_ROOT / 'outputs'} or {PROJECT_ROOT / 'multirun'}: pass resume=PATH")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    checkpoint = load_checkpoint(path)  # fails early, with the reason, on a missing or foreign file
+    if "loops" not in checkpoint:
+        raise ValueError(f"resume={path}: the checkpoint holds weights but no training state (e.g. one "
+                         f"imported from Keras), so there is nothing to continue; evaluate it instead")
+    return path, checkpoint
 
 
 def _record_context(logger, cfg: DictConfig, datamodule) -> None:
@@ -129,32 +134,34 @@ def _record_context(logger, cfg: DictConfig, datamodule) -> None:
         tracking.log_file(logger, datamodule.output_dir / ".hydra" / "overrides.yaml", "config")
 
 
-def _record_results(logger, trainer: L.Trainer) -> None:
+def _record_results(logger, trainer: L.Trainer) -> tuple[str, dict[str, Any]] | None:
+    """Checkpoints and the best one's operating threshold into the run; returns the best checkpoint
+    (path and contents, read once) for the model export."""
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None:
-        return
+        return None
     for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
         tracking.log_file(logger, Path(path), "checkpoints")
-    if checkpoint.best_model_path:
-        tracking.set_tag(logger, "best_checkpoint", Path(checkpoint.best_model_path).name)
-        # The operating threshold that belongs to the best weights, as evaluate.py will use it.
-        threshold = load_checkpoint(checkpoint.best_model_path)["pneumo"].get("threshold", {})
-        for key, value in threshold.items():  # tags, not params: a resumed run may choose another
-            tracking.set_tag(logger, f"threshold.{key}", str(value))
+    if not checkpoint.best_model_path:
+        return None
+    tracking.set_tag(logger, "best_checkpoint", Path(checkpoint.best_model_path).name)
+    best = load_checkpoint(checkpoint.best_model_path)
+    # The operating threshold that belongs to the best weights, as evaluate.py will use it.
+    # Tags, not params: a resumed run may choose another threshold.
+    for key, value in best["pneumo"].get("threshold", {}).items():
+        tracking.set_tag(logger, f"threshold.{key}", str(value))
+    return checkpoint.best_model_path, best
 
 
-def _log_best_model(logger, cfg: DictConfig, trainer: L.Trainer) -> None:
+def _log_best_model(logger, cfg: DictConfig, path: str, checkpoint: dict[str, Any]) -> None:
     """The best checkpoint's weights, in MLflow's model format, beside the run's checkpoints."""
     from pneumo.checkpoints import load_weights
     from pneumo.serving import log_serving_model
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not best:
-        return
     module = build_module(cfg, train=False)
-    load_weights(module, load_checkpoint(best), best)
+    load_weights(module, checkpoint, path)
     logger.guard("the MLflow model", log_serving_model, logger, module, cfg.data.image_size, cfg.data.channels,
-                 record=best)
+                 record=path)
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:
