@@ -48,14 +48,13 @@ class TrackingLogger(MLFlowLogger):
                 warnings.warn(f"MLflow at {self.tracking_uri} stopped answering ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]}) while logging {what}. Training goes on; "
                               f"what is not logged is kept in {self.lost_path}.", RuntimeWarning, stacklevel=2)
-        self.lost.append({"what": what, "payload": record})
-        self._write_lost()
-        return None
-
-    def _write_lost(self) -> None:
-        if self.lost_path is not None:
+        entry = {"what": what, "payload": record}
+        self.lost.append(entry)
+        if self.lost_path is not None:  # one line per lost call, appended as it happens
             self.lost_path.parent.mkdir(parents=True, exist_ok=True)
-            self.lost_path.write_text("".join(json.dumps(entry, default=str) + "\n" for entry in self.lost))
+            with self.lost_path.open("a") as handle:
+                handle.write(json.dumps(entry, default=str) + "\n")
+        return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         plain = {key: float(value) for key, value in metrics.items()}
