@@ -35,9 +35,9 @@ class DecodedImages:
         return [row for row in range(len(self.pixels)) if row not in self.bad]
 
 
-def cache_key(files: Sequence[str | Path], size: int, channels: int) -> str:
+def cache_key(files: Sequence[str | Path], size: int, channels: int, dicom_voi: str = "auto") -> str:
     """A digest of what the cache content depends on: paths, byte sizes, mtimes and decode settings."""
-    digest = hashlib.sha256(json.dumps({"size": size, "channels": channels,
+    digest = hashlib.sha256(json.dumps({"size": size, "channels": channels, "dicom_voi": dicom_voi,
                                         "decoder": DECODER_VERSION}).encode())
     for file in files:
         stat = os.stat(file)
@@ -46,7 +46,7 @@ def cache_key(files: Sequence[str | Path], size: int, channels: int) -> str:
 
 
 def decode_all(files: Sequence[str | Path], size: int, channels: int, *, cache_dir: str | Path | None = None,
-               workers: int | None = None, description: str = "decoding") -> DecodedImages:
+               workers: int | None = None, description: str = "decoding", dicom_voi: str = "auto") -> DecodedImages:
     """Every file decoded once.
 
     With `cache_dir`, the pixels are a read-only memory map of `<cache_dir>/<key>.npy` (the bad rows
@@ -56,9 +56,9 @@ def decode_all(files: Sequence[str | Path], size: int, channels: int, *, cache_d
     shape = (len(files), channels, size, size)
     if cache_dir is None:
         pixels = np.empty(shape, dtype=np.uint8)
-        return DecodedImages(pixels, _fill(pixels, files, size, channels, workers, description))
+        return DecodedImages(pixels, _fill(pixels, files, size, channels, dicom_voi, workers, description))
 
-    key = cache_key(files, size, channels)
+    key = cache_key(files, size, channels, dicom_voi)
     target, sidecar = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
     if target.exists() and sidecar.exists():
         cached = np.load(target, mmap_mode="r")
@@ -68,7 +68,7 @@ def decode_all(files: Sequence[str | Path], size: int, channels: int, *, cache_d
     target.parent.mkdir(parents=True, exist_ok=True)
     partial_path = target.with_suffix(f".{os.getpid()}.partial")
     pixels = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.uint8, shape=shape)
-    bad = _fill(pixels, files, size, channels, workers, description)
+    bad = _fill(pixels, files, size, channels, dicom_voi, workers, description)
     pixels.flush()
     del pixels
     sidecar.write_text(json.dumps({"bad": bad, "files": len(files)}))
@@ -76,19 +76,19 @@ def decode_all(files: Sequence[str | Path], size: int, channels: int, *, cache_d
     return DecodedImages(np.load(target, mmap_mode="r"), bad)
 
 
-def _decode_or_reason(file: str | Path, size: int, channels: int) -> np.ndarray | str:
+def _decode_or_reason(file: str | Path, size: int, channels: int, dicom_voi: str) -> np.ndarray | str:
     """Pixels, or the reason the file is bad: workers return reasons instead of raising."""
     try:
-        return decode_image(file, size, channels)
+        return decode_image(file, size, channels, dicom_voi)
     except BadImageError as error:
         return error.reason
 
 
-def _fill(array: np.ndarray, files: Sequence[str | Path], size: int, channels: int,
+def _fill(array: np.ndarray, files: Sequence[str | Path], size: int, channels: int, dicom_voi: str,
           workers: int | None, description: str) -> dict[int, str]:
     """Decode into `array` in parallel processes, in file order, with a progress bar."""
     workers = workers or len(os.sched_getaffinity(0))
-    decode = partial(_decode_or_reason, size=size, channels=channels)
+    decode = partial(_decode_or_reason, size=size, channels=channels, dicom_voi=dicom_voi)
     bad: dict[int, str] = {}
     progress = tqdm(total=len(files), desc=description, unit="img", leave=False, dynamic_ncols=True)
 

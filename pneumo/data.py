@@ -15,13 +15,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from pneumo.cache import decode_all
-from pneumo.images import load_tensor
+from pneumo.images import DICOM_VOI_CHOICES, IMAGE_SUFFIXES, load_tensor
 from pneumo.sampling import EpochBatches
 from pneumo.splits import patient_split, write_split
 
 CLASS_TO_IDX = {"NORMAL": 0, "PNEUMONIA": 1}
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 HOW_TO_GET_DATA = (
     "Download 'Chest X-Ray Images (Pneumonia)' (Kermany et al., Mendeley Data, CC BY 4.0; also on Kaggle) "
     "and unpack it so that ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg exist, then pass data.root=ROOT "
@@ -57,20 +56,22 @@ class CachedImages(Dataset):
 class ImageFiles(Dataset):
     """Unlabelled image files (predict_dir): the same decoding as training, label -1."""
 
-    def __init__(self, files: list[str], image_size: int, channels: int) -> None:
-        self.files, self.image_size, self.channels = files, image_size, channels
+    def __init__(self, files: list[str], image_size: int, channels: int, dicom_voi: str = "auto") -> None:
+        self.files, self.image_size, self.channels, self.dicom_voi = files, image_size, channels, dicom_voi
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_tensor(self.files[index], self.image_size, self.channels), torch.tensor(-1.0)
+        return (load_tensor(self.files[index], self.image_size, self.channels, self.dicom_voi),
+                torch.tensor(-1.0))
 
 
 def list_images(folder: Path) -> list[str]:
     """Image files under a folder, recursively and sorted; an empty or missing folder is an error."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"predict_dir={folder} is not a folder: pass a folder of .jpeg/.jpg/.png images")
+        raise FileNotFoundError(f"predict_dir={folder} is not a folder: pass a folder of "
+                                f"{'/'.join(IMAGE_SUFFIXES)} images")
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"predict_dir={folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
@@ -88,7 +89,8 @@ class ChestXrayDataModule(L.LightningDataModule):
                  num_workers: int | str = "auto", val_strategy: str = "patient", val_fraction: float = 0.1,
                  balance: str = "none", cache: str = "disk", cache_dir: str | None = None, seed: int = 0,
                  pin_memory: bool | str = "auto", output_dir: str | None = None,
-                 synthetic: dict[str, Any] | None = None, on_bad_file: str = "skip") -> None:
+                 synthetic: dict[str, Any] | None = None, on_bad_file: str = "skip",
+                 dicom: dict[str, Any] | None = None) -> None:
         super().__init__()
         if val_strategy not in ("patient", "folder"):
             raise ValueError(f"data.val_strategy={val_strategy!r}: choose 'patient' or 'folder'")
@@ -98,6 +100,9 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ValueError(f"data.cache={cache!r}: choose 'disk', 'memory' or 'none'")
         if on_bad_file not in ("skip", "error"):
             raise ValueError(f"data.on_bad_file={on_bad_file!r}: choose 'skip' or 'error'")
+        self.dicom_voi = str((dicom or {}).get("voi", "auto"))
+        if self.dicom_voi not in DICOM_VOI_CHOICES:
+            raise ValueError(f"data.dicom.voi={self.dicom_voi!r}: choose one of {', '.join(DICOM_VOI_CHOICES)}")
         if cache == "disk" and not cache_dir:
             raise ValueError("data.cache=disk needs data.cache_dir")
         self.root = Path(root).expanduser()
@@ -147,7 +152,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         root = self.split_dir(split)
         try:
             folder = _CaseInsensitiveFolder(str(root), loader=partial(load_tensor, size=self.image_size,
-                                                                      channels=self.channels),
+                                                                      channels=self.channels,
+                                                                      dicom_voi=self.dicom_voi),
                                             is_valid_file=is_image)
         except FileNotFoundError as error:  # a class folder without images
             raise FileNotFoundError(f"{root}: {error} Each of {'/'.join(CLASS_NAMES)} needs images. "
@@ -189,7 +195,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         # With cache=none this pass only finds bad files; the pixels are dropped again.
         decoded = decode_all(files, self.image_size, self.channels,
                              cache_dir=self.cache_dir if self.cache == "disk" else None,
-                             description=f"decoding {split}")
+                             description=f"decoding {split}", dicom_voi=self.dicom_voi)
         self.skipped += [{"split": split, "path": files[row], "reason": reason}
                          for row, reason in sorted(decoded.bad.items())]
         rows = np.array(decoded.good_rows, dtype=np.int64)

@@ -96,7 +96,8 @@ def _predict_folder(cfg: DictConfig, train_cfg: DictConfig, module: PneumoniaCla
                     threshold: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """Unlabelled images: predictions.csv (and Grad-CAM when gradcam.on_predict), no metrics."""
     files = list_images(Path(cfg.predict_dir))
-    dataset = ImageFiles(files, train_cfg.data.image_size, train_cfg.data.channels)
+    dataset = ImageFiles(files, train_cfg.data.image_size, train_cfg.data.channels,
+                         str(train_cfg.data.get("dicom", {}).get("voi", "auto")))
     probs = torch.cat(trainer.predict(module, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size))).numpy()
     write_predictions(output_dir / "predictions.csv", files, probs, threshold["value"])
     if cfg.gradcam.on_predict and cfg.gradcam.n > 0:

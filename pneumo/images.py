@@ -19,6 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Bump when decoding changes, so on-disk caches built by an older decoder are not reused.
 DECODER_VERSION = 2
 _MODES = {1: "L", 3: "RGB"}
+# File names every image reader accepts (compared lower-case); .dcm/.dicom are read with pydicom.
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+DICOM_VOI_CHOICES = ("auto", "none")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _EXIF_ORIENTATION = 0x0112
 
@@ -31,13 +34,14 @@ class BadImageError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def decode_image(path: str | Path, size: int, channels: int = 1) -> np.ndarray:
+def decode_image(path: str | Path, size: int, channels: int = 1, dicom_voi: str = "auto") -> np.ndarray:
     """Decode, resize to size x size and return uint8 (channels, size, size).
 
     JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale (never below `size`), so a
     2-megapixel X-ray is never held at full size. The aspect ratio is not kept, as in the seed's
     Keras `image_dataset_from_directory`. `channels=1` keeps the luminance (X-rays are grayscale; RGB
-    files of them carry the same content), `3` keeps colour.
+    files of them carry the same content), `3` keeps colour. `dicom_voi` (data.dicom.voi) applies to
+    DICOM files only: `auto` uses the file's VOI LUT or window when it has one, `none` ignores them.
     """
     mode = _MODES.get(channels)
     if mode is None:
@@ -81,6 +85,6 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
-def load_tensor(path: str | Path, size: int, channels: int = 1) -> torch.Tensor:
+def load_tensor(path: str | Path, size: int, channels: int = 1, dicom_voi: str = "auto") -> torch.Tensor:
     """`decode_image` as a torch tensor: the loader of the uncached ImageFolder path."""
-    return torch.from_numpy(decode_image(path, size, channels))
+    return torch.from_numpy(decode_image(path, size, channels, dicom_voi))
