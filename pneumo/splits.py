@@ -33,8 +33,11 @@ def patient_id(path: str | Path) -> str:
 
 
 def patient_split(paths: Sequence[str | Path], labels: Sequence[int], val_fraction: float,
-                  seed: int) -> tuple[list[int], list[int]]:
+                  seed: int, patients: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
     """Indices (train, val): about `val_fraction` of each class's images go to val, whole patients only.
+
+    The patient of each image is `patients[i]` when given (a CSV's patient column), else parsed
+    from the Kaggle file name.
 
     Deterministic for a given file list and seed. Each class needs at least two patients so that
     both sides keep that class; otherwise a ValueError says what to do.
@@ -43,7 +46,7 @@ def patient_split(paths: Sequence[str | Path], labels: Sequence[int], val_fracti
         raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
     groups: dict[str, list[int]] = defaultdict(list)
     for index, path in enumerate(paths):
-        groups[patient_id(path)].append(index)
+        groups[patients[index] if patients is not None else patient_id(path)].append(index)
     # A patient's class is its majority label (Kaggle patients never mix classes).
     by_class: dict[int, list[str]] = defaultdict(list)
     for patient in sorted(groups):
