@@ -39,6 +39,17 @@ class SeedCNN(nn.Module):
         self.image_size = image_size
 
     @property
+    def backbone(self) -> nn.Module:
+        return self.features
+
+    def backbone_parameters(self):
+        """The convolutional blocks (what model.freeze_epochs freezes)."""
+        return self.features.parameters()
+
+    def head_parameters(self):
+        return self.head.parameters()
+
+    @property
     def gradcam_layer(self) -> nn.Module:
         """The last conv layer: where Grad-CAM looks by default."""
         return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]

@@ -41,8 +41,17 @@ class PneumoniaClassifier(L.LightningModule):
                  channels_last: bool = True, in_channels: int = 3, mean: list[float] | None = None,
                  std: list[float] | None = None, monitor: str = "val/auroc",
                  threshold_policy: str = "sensitivity", target_sensitivity: float = 0.95,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, freeze_epochs: int = 0, backbone_lr_scale: float = 1.0) -> None:
         super().__init__()
+        if freeze_epochs < 0 or backbone_lr_scale <= 0:
+            raise ValueError(f"model.freeze_epochs={freeze_epochs} must be >= 0 and model.backbone_lr_scale="
+                             f"{backbone_lr_scale} > 0")
+        if (freeze_epochs or backbone_lr_scale != 1) and not hasattr(model, "backbone_parameters"):
+            raise ValueError(f"model.freeze_epochs / model.backbone_lr_scale need a model with backbone_parameters()"
+                             f" and head_parameters(); {type(model).__name__} has none")
+        # Fine-tuning: the backbone is frozen for the first `freeze_epochs` epochs, then trained at
+        # `backbone_lr_scale` times the head's learning rate.
+        self.freeze_epochs, self.backbone_lr_scale = int(freeze_epochs), float(backbone_lr_scale)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.augment = augment
@@ -152,9 +161,37 @@ class PneumoniaClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
 
+    # ---- fine-tuning schedule ----------------------------------------------------------------------
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.current_epoch < self.freeze_epochs
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze or unfreeze the backbone for this epoch. Derived from the epoch number alone, so a
+        resumed run freezes exactly as an uninterrupted one."""
+        if not self.freeze_epochs:
+            return
+        frozen = self.backbone_frozen
+        for parameter in self.model.backbone_parameters():
+            parameter.requires_grad_(not frozen)
+        # A frozen backbone keeps its pretrained BatchNorm statistics (inference mode) as well.
+        for layer in self.model.backbone.modules() if hasattr(self.model, "backbone") else ():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.train(not frozen)
+
     # ---- optimisation ----------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]] | Any:
+        """One group, or backbone and head groups when fine-tuning (the backbone at a lower rate)."""
+        if not self.freeze_epochs and self.backbone_lr_scale == 1:
+            return self.parameters()
+        return [{"params": list(self.model.backbone_parameters()), "name": "backbone"},
+                {"params": list(self.model.head_parameters()), "name": "head"}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            if group.get("name") == "backbone":
+                group["lr"] *= self.backbone_lr_scale  # before any scheduler records initial_lr
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
