@@ -5,7 +5,8 @@ goes through `decode_image`, so cached and uncached pipelines give the same tens
 Supported beyond 8-bit grayscale/RGB JPEG: RGBA/LA/palette images (alpha composited onto black, the
 colour of "no signal" on a radiograph), 16-bit grayscale (scaled by the bits its values use: 8, 10,
 12, 14 or 16), CMYK JPEG (converted by Pillow), and EXIF orientation (applied, so the image is upright
-as a viewer shows it).
+as a viewer shows it). DICOM files (.dcm/.dicom, or any file with the DICOM "DICM" marker that Pillow
+cannot identify) are read by `pneumo.dicom`, which gives the same kind of array.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Bump when decoding changes, so on-disk caches built by an older decoder are not reused.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 _MODES = {1: "L", 3: "RGB"}
 # File names every image reader accepts (compared lower-case); .dcm/.dicom are read with pydicom.
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 DICOM_VOI_CHOICES = ("auto", "none")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+# A DICOM file (PS3.10 7.1) has a 128-byte preamble, then these four bytes.
+_DICOM_MAGIC, _DICOM_MAGIC_AT = b"DICM", 128
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _EXIF_ORIENTATION = 0x0112
 
@@ -48,6 +52,8 @@ def decode_image(path: str | Path, size: int, channels: int = 1, dicom_voi: str 
         raise ValueError(f"data.channels={channels} must be 1 or 3")
     if os.path.getsize(path) == 0:
         raise BadImageError(path, "empty file (0 bytes)")
+    if str(path).lower().endswith(DICOM_SUFFIXES):
+        return _decode_dicom(path, size, channels, dicom_voi)
     try:
         with Image.open(path) as image:
             if image.format == "JPEG":
@@ -59,10 +65,28 @@ def decode_image(path: str | Path, size: int, channels: int = 1, dicom_voi: str 
     except Image.DecompressionBombError as error:
         raise BadImageError(path, f"too large for Pillow's decompression-bomb limit ({error})") from error
     except UnidentifiedImageError as error:
-        raise BadImageError(path, "not an image Pillow can identify (wrong extension or corrupt)") from error
+        if not has_dicom_magic(path):
+            raise BadImageError(path, "not an image Pillow can identify (wrong extension or corrupt)") from error
+        array = None  # a DICOM under another name (IM-0001.jpeg, or no extension)
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(path, f"truncated or corrupt image data ({error})") from error
+    if array is None:
+        return _decode_dicom(path, size, channels, dicom_voi)
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+def has_dicom_magic(path: str | Path) -> bool:
+    """Whether the file carries the DICOM "DICM" marker at byte 128 (PS3.10 file format)."""
+    with open(path, "rb") as file:
+        file.seek(_DICOM_MAGIC_AT)
+        return file.read(len(_DICOM_MAGIC)) == _DICOM_MAGIC
+
+
+def _decode_dicom(path: str | Path, size: int, channels: int, dicom_voi: str) -> np.ndarray:
+    # Imported here: pneumo.dicom imports this module, and pydicom stays unloaded for JPEG-only runs.
+    from pneumo.dicom import decode_dicom
+
+    return decode_dicom(path, size, channels, dicom_voi)
 
 
 def _upright(image: Image.Image) -> Image.Image:
