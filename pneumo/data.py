@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from pneumo.cache import decode_all
 from pneumo.images import DICOM_VOI_CHOICES, IMAGE_SUFFIXES, load_tensor
 from pneumo.sampling import EpochBatches
-from pneumo.splits import patient_split, write_split
+from pneumo.splits import patient_id, patient_split, write_split
 
 CLASS_TO_IDX = {"NORMAL": 0, "PNEUMONIA": 1}
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
@@ -230,6 +230,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         return "".join(f"{entry['split']}\t{entry['path']}\t{entry['reason']}\n" for entry in self.skipped)
 
     # ---- facts the rest of the run needs ---------------------------------------------------------
+    def patients(self, split: str) -> list[str]:
+        """The patient of each image of a split (parsed from Kaggle file names)."""
+        return [patient_id(file) for file in self.files[split]]
+
+    def describe(self) -> dict[str, Any]:
+        """What the data set is and what each split holds: for logs and reports."""
+        return {"name": self.root.name, "source": str(self.root), "splits": self.summary()}
+
     def class_counts(self, split: str) -> dict[str, int]:
         labels = self.labels[split]
         return {name: int((labels == index).sum()) for index, name in enumerate(CLASS_NAMES)}

@@ -220,11 +220,17 @@ class TableDataModule(ChestXrayDataModule):
         path.write_text(json.dumps(payload, indent=1))
 
     # ---- facts the rest of the run needs ---------------------------------------------------------
+    def patients(self, split: str) -> list[str]:
+        """The patient of each image of a split, from the table's patient column."""
+        records = self.table()
+        patient_of = dict(zip(records.files, records.patients))
+        return [patient_of[file] for file in self.files[split]]
+
     def describe(self) -> dict[str, Any]:
         """The data set's name, what its table gave and what each split holds: for logs and reports."""
         report = self.table().report
         unreadable = sum(1 for entry in self.skipped if not entry["reason"].startswith("listed in "))
-        return {"name": self.name, "label_rule": report["rule"], "rows": report["rows"],
+        return {"name": self.name, "source": str(self.csv), "label_rule": report["rule"], "rows": report["rows"],
                 "images": report["images"], "positives": report["positives"], "negatives": report["negatives"],
                 "excluded": report["excluded"], "missing_files": len(report["missing_files"]),
                 "unreadable_files": unreadable,

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from pneumo.metrics import choose_threshold
+from pneumo.metrics import binary_metrics, choose_threshold
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix,
                                          BinaryPrecision, BinaryRecall, BinarySpecificity)
@@ -200,4 +200,15 @@ class PneumoniaClassifier(L.LightningModule):
 
     # ---- checkpoints carry what evaluation needs to rebuild the run ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["pneumo"] = {**self.extra_checkpoint, "threshold": self.threshold}
+        checkpoint["pneumo"] = {**self.extra_checkpoint, "threshold": self.threshold,
+                                "validation": self.validation_figures()}
+
+    def validation_figures(self) -> dict[str, Any] | None:
+        """This epoch's validation metrics at the chosen threshold and at 0.5: what an external
+        evaluation is compared with."""
+        if self.val_scores is None or self.val_scores[0].unique().numel() < 2:
+            return None
+        labels, probs = (t.numpy() for t in self.val_scores)
+        return {"n_images": int(len(labels)), "n_positive": int(labels.sum()),
+                "at_threshold": binary_metrics(labels, probs, self.threshold["value"]),
+                "at_0.5": binary_metrics(labels, probs, 0.5)}

@@ -51,9 +51,13 @@ def write_markdown(output_dir: Path, report: dict[str, Any], table: str) -> Path
     data, checkpoint, threshold = report["data"], report["checkpoint"], report["threshold"]
     lines = ["# Clinical evaluation report", "",
              f"- checkpoint: `{checkpoint['path']}` (training run `{checkpoint['train_run']}`)",
-             f"- data: `{data['root']}`, split `{data['split']}`, {data['n_images']} images",
+             f"- data: {data.get('name', '')} (`{data.get('source', data['root'])}`), split `{data['split']}`, "
+             f"{data['n_images']} images"
+             + (f"; **external**: the model was trained on {data['training_data']['name']}"
+                if data.get("external") else ""),
              f"- operating threshold: {threshold['value']:.4f}, policy `{threshold['policy']}`"
-             f"{', chosen on the training run validation split' if threshold['policy'] != 'fixed' else ''}",
+             f"{', chosen on the training run validation split' if threshold['policy'] != 'fixed' else ''}"
+             + (f". **Note:** {threshold['note']}" if threshold.get("note") else ""),
              "", "```", table, "```", ""]
     for name, caption in FIGURES.items():
         if (output_dir / name).is_file():

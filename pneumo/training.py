@@ -22,8 +22,8 @@ from pneumo.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
 log = logging.getLogger(__name__)
 
 # Overrides that say where things go, not what differs between runs: left out of run names.
-_NOT_IN_RUN_NAME = ("hydra.", "hydra/", "logger.", "data.root", "data.cache", "output_dir", "cache_dir",
-                    "hparams_search")
+_NOT_IN_RUN_NAME = ("hydra.", "hydra/", "logger.", "data.root", "data.csv", "data.image_dir", "data.cache",
+                    "output_dir", "cache_dir", "hparams_search")
 
 
 def describe_overrides() -> str | None:
@@ -121,7 +121,7 @@ def resolve_resume(value: str | None) -> tuple[Path | None, dict[str, Any] | Non
 def _record_context(logger, cfg: DictConfig, datamodule) -> None:
     tracking.log_config(logger, cfg)
     counts = datamodule.summary()
-    tracking.log_json(logger, {"root": str(datamodule.root), "counts": counts,
+    tracking.log_json(logger, {"root": str(datamodule.root), "counts": counts, "data_set": datamodule.describe(),
                                "pos_weight": datamodule.pos_weight}, "data/summary.json")
     logger.log_hyperparams({f"data.n_{split}_{name.lower()}": n
                             for split, by_class in counts.items() for name, n in by_class.items()}

@@ -113,3 +113,50 @@ def test_evaluate_refuses_a_missing_checkpoint_clearly(tmp_path):
     result = run_entry_point("evaluate.py", f"ckpt={tmp_path}/nothing.ckpt", *isolated_overrides(tmp_path))
     assert result.returncode != 0
     assert f"{tmp_path}/nothing.ckpt does not exist" in result.stderr
+
+
+def test_evaluate_on_another_data_set_reports_external_figures_beside_the_training_validation(trained):
+    """External validation: a model trained on the Kaggle-layout folder, evaluated on a CSV-labelled table."""
+    import csv
+    import shutil
+
+    tmp, _ = trained
+    best = next((tmp / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    images = tmp / "hospital_b" / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for index, source in enumerate(sorted((tmp / "cache" / "synthetic" / "test").rglob("*.jpeg"))):
+        name = f"img{index:03d}.jpeg"
+        shutil.copy(source, images / name)
+        rows.append({"image": name, "finding": "pneumonia" if source.parent.name == "PNEUMONIA" else "clear",
+                     "patient": f"p{index // 2}"})
+    table = tmp / "hospital_b" / "labels.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "finding", "patient"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp / "external"
+    overrides = [o for o in isolated_overrides(tmp) if not o.startswith("hydra.run.dir")]
+    result = run_entry_point("evaluate.py", f"ckpt={best}", "data=table", "data.name=hospital_b",
+                             f"data.csv={table}", f"data.image_dir={images}", "data.label.column=finding",
+                             "data.label.positive=[pneumonia]", "data.patient_column=patient",
+                             *overrides, f"hydra.run.dir={out}", "bootstrap.resamples=100", "gradcam.n=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    data = report["data"]
+    assert data["external"] is True and data["name"] == "hospital_b" and data["split"] == "all"
+    assert data["n_images"] == len(rows) == 40                          # every labelled image, no split carved
+    assert data["n_positive"] == sum(r["finding"] == "pneumonia" for r in rows)
+    assert data["training_data"]["name"] == "synthetic"
+    validation = report["training_validation"]
+    assert validation["n_images"] > 0 and 0 <= validation["at_threshold"]["auroc"] <= 1
+    assert "another data set" in report["threshold"]["note"]
+    assert "External data: hospital_b" in result.stdout and "training validation (synthetic" in result.stdout
+    predictions = list(csv.DictReader((out / "predictions.csv").open()))
+    assert {p["patient_id"] for p in predictions} == {r["patient"] for r in rows}  # from the table, not the name
+    assert "external" in (out / "report.md").read_text()
+    client = _client(tmp)
+    [run] = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id],
+                               filter_string="params.`data.name` = 'hospital_b'")
+    assert run.data.params["data.external"] == "True" and run.data.params["data.n_images"] == "40"
+    assert "training_val/auroc" in run.data.metrics and "test/auroc" in run.data.metrics
