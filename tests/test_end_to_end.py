@@ -160,3 +160,20 @@ def test_evaluate_on_another_data_set_reports_external_figures_beside_the_traini
                                filter_string="params.`data.name` = 'hospital_b'")
     assert run.data.params["data.external"] == "True" and run.data.params["data.n_images"] == "40"
     assert "training_val/auroc" in run.data.metrics and "test/auroc" in run.data.metrics
+
+
+def test_evaluate_on_the_synthetic_dicom_table_through_the_entry_point(trained):
+    """The RSNA preset's code path with real DICOM files: several CSV rows per image, MONOCHROME1, 12-bit, JPEG."""
+    tmp, _ = trained
+    best = next((tmp / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    out = tmp / "external_dicom"
+    overrides = [o for o in isolated_overrides(tmp) if not o.startswith("hydra.run.dir")]
+    result = run_entry_point("evaluate.py", f"ckpt={best}", "data=synthetic_table",
+                             "data.synthetic_table.n_images=60", *overrides, f"hydra.run.dir={out}",
+                             "bootstrap.resamples=100", "gradcam.n=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data"]["name"] == "synthetic_table" and report["data"]["external"] is True
+    assert report["data"]["n_images"] == 60 and report["data"]["n_positive"] == 20
+    assert sorted(p.suffix for p in (tmp / "cache" / "synthetic_table" / "stage_2_train_images").iterdir()) == [".dcm"] * 60
+    assert 0 <= report["metrics"]["auroc"]["value"] <= 1
