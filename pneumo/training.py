@@ -64,7 +64,8 @@ def run_training(cfg: DictConfig) -> float:
         module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
                                    "mlflow": {"run_id": logger.run_id, "tracking_uri": logger.tracking_uri}
                                    if logger else None}
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg))
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg),
+                                         **_strategy_for_freezing(cfg))
         if logger and resumed_run:
             tracking.reopen_run(logger)
             tracking.set_tag(logger, "resumed_from", str(resume))
@@ -132,6 +133,16 @@ def _record_context(logger, cfg: DictConfig, datamodule) -> None:
     if datamodule.output_dir is not None:
         tracking.log_file(logger, datamodule.output_dir / "split.json", "data")
         tracking.log_file(logger, datamodule.output_dir / ".hydra" / "overrides.yaml", "config")
+
+
+def _strategy_for_freezing(cfg: DictConfig) -> dict[str, str]:
+    """A frozen backbone leaves parameters without gradients, which plain DDP refuses: switch the
+    DDP strategies to their find-unused-parameters variant when model.freeze_epochs > 0."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if cfg.model.get("freeze_epochs", 0) and strategy in ("ddp", "ddp_spawn"):
+        log.info("model.freeze_epochs > 0: using strategy %s_find_unused_parameters_true", strategy)
+        return {"strategy": f"{strategy}_find_unused_parameters_true"}
+    return {}
 
 
 def _record_results(logger, trainer: L.Trainer) -> tuple[str, dict[str, Any]] | None:

@@ -56,3 +56,15 @@ def test_ddp_multirun_gives_one_run_per_job(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         _check_synchronised(client, run, tmp_path)
+
+
+@pytest.mark.slow
+def test_ddp_with_a_frozen_backbone_switches_to_finding_unused_parameters(tmp_path):
+    # Plain DDP stops at the first step when frozen parameters get no gradient.
+    result = run_entry_point("train.py", *DDP, *TINY, "model.freeze_epochs=1", *_store(tmp_path),
+                             f"hydra.run.dir={tmp_path}/run", "mlflow_model=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "using strategy ddp_spawn_find_unused_parameters_true" in result.stdout + result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2
