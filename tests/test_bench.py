@@ -1,19 +1,24 @@
 """`python -m pneumo.bench`: one JSON line with every figure, and an import chain free of MLflow/Hydra."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from pneumo.bench import build_parser, decode_plain, fixed_sample
+from pneumo.bench import (NIH_COLUMNS, NIH_CSV, NIH_LABEL, NIH_OFFICIAL_SPLIT, build_parser, decode_plain,
+                          ensure_bench_table, fixed_sample, parse_args)
 from pneumo.images import decode_image
 from pneumo.synthetic import ensure_synthetic_dataset
+from pneumo.tables import read_table
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Written out here, not taken from pneumo.bench, so that dropping a key from the bench fails a test.
@@ -39,6 +44,13 @@ sys.argv[0] = "pneumo.bench"
 runpy.run_module("pneumo.bench", run_name="__main__", alter_sys=True)
 """
 N_IMAGES = 40
+TABLE_REQUIRED_KEYS = (
+    "ceiling_img_s", "warm_img_s", "warm_over_ceiling", "first_epoch_img_s", "prepare_s", "table_read_s",
+    "cache_build_s", "prepare_img_s", "prepare_workers", "decode_img_s", "peak_rss_mb", "peak_rss_anon_mb",
+    "prepare_peak_rss_anon_mb", "peak_rss_children_mb", "decode_workers_peak_private_mb", "cache_mb",
+    "n_rows", "n_images", "n_train", "n_val", "table_side", "nih_side", "image_size", "batch_size",
+    "batches_per_epoch", "precision", "device", "torch",
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +125,90 @@ def test_decode_sample_is_fixed_and_spread_over_the_list():
 
 
 def test_command_line_defaults_and_refusals():
-    args = build_parser().parse_args([])
+    args = parse_args([])
     assert (args.n_images, args.image_size, args.batch_size, args.epochs) == (1000, 128, 32, 3)
     assert (args.device, args.channels_last, args.workers, args.cache) == ("auto", True, "auto", "memory")
-    assert build_parser().parse_args(["--no-channels-last", "--workers", "0"]).channels_last is False
-    for bad in (["--epochs", "1"], ["--workers", "-1"], ["--cache", "none"], ["--precision", "64"]):
+    assert args.table is None
+    assert parse_args(["--no-channels-last", "--workers", "0"]).channels_last is False
+    table = parse_args(["--table", "100000"])
+    assert (table.table, table.table_side, table.table_batches, table.cache) == (100000, 256, 100, "disk")
+    for bad in (["--epochs", "1"], ["--workers", "-1"], ["--cache", "none"], ["--precision", "64"],
+                ["--table", "10"], ["--table", "100", "--cache", "memory"], ["--table", "100", "--data-root", "x"],
+                ["--table", "100", "--table-batches", "0"]):
         with pytest.raises(SystemExit):
-            build_parser().parse_args(bad)
+            parse_args(bad)
+
+
+def test_table_bench_prints_one_json_line_with_every_figure(tmp_path):
+    root = tmp_path / "nih"
+    run = _python("-c", BLOCKED_RUN, "--table", "60", "--table-root", str(root), "--table-side", "64",
+                  "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--table-batches", "3",
+                  "--ceiling-seconds", "0.3", "--decode-sample", "10", "--device", "cpu")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1, run.stdout[-3000:]
+    result = json.loads(lines[0])
+
+    missing = [key for key in TABLE_REQUIRED_KEYS if key not in result]
+    assert not missing, missing
+    # Every measured figure is a positive, finite number; only these may be 0 or absent.
+    may_be_zero_or_none = {"loader_workers", "decode_workers_peak_private_mb", "write_workers_peak_private_mb"}
+    numbers = {key: value for key, value in result.items() if key not in may_be_zero_or_none
+               and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert {"ceiling_img_s", "warm_img_s", "prepare_s", "peak_rss_anon_mb", "write_s"} <= set(numbers), result
+    for key, value in numbers.items():
+        assert math.isfinite(value) and value > 0, (key, value)
+    for key in ("epoch_s", "ceiling_samples_img_s"):
+        assert result[key] and all(math.isfinite(v) and v > 0 for v in result[key]), (key, result[key])
+
+    assert result["warm_over_ceiling"] == pytest.approx(result["warm_img_s"] / result["ceiling_img_s"], rel=1e-3)
+    assert result["epoch_images"] == [3 * 8, 3 * 8] and result["batches_per_epoch"] == 3
+    # NIH's preset keeps Pneumonia and No Finding only; the official test list holds out whole patients.
+    assert result["n_rows"] == 60 and 0 < result["n_images"] < 60
+    assert 0 < result["n_val"] < result["n_train"] and result["n_train"] + result["n_val"] < result["n_images"]
+    assert result["cache"] == "disk" and result["cache_mb"] == pytest.approx(result["n_images"] * 64 * 64 / 2 ** 20,
+                                                                             abs=1e-3)
+    assert result["prepare_s"] == pytest.approx(result["table_read_s"] + result["cache_build_s"], abs=2e-3)
+    assert result["prepare_peak_rss_anon_mb"] <= result["peak_rss_anon_mb"] < result["peak_rss_mb"]
+    # Under 64 images the cache decodes in this process: no decode worker may be reported.
+    assert result["prepare_workers"] == 1 and result["decode_workers_peak_private_mb"] is None
+    assert (result["table_side"], result["nih_side"]) == (64, 1024) and "1024x1024" in result["side_note"]
+    assert not [p for p in root.iterdir() if p.name.startswith("cache-")]  # the bench's cache is removed
+
+
+def test_table_set_is_written_once_in_nih_layout_and_resumes(tmp_path):
+    root = tmp_path / "nih"
+    assert ensure_bench_table(root, 120, 32) > 0
+    assert ensure_bench_table(root, 120, 32) is None  # written once
+
+    with open(root / NIH_CSV, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == NIH_COLUMNS and len(rows) == 120
+    names = [row["Image Index"] for row in rows]
+    assert all(re.fullmatch(r"\d{8}_\d{3}\.png", name) for name in names) and len(set(names)) == 120
+    assert all(name.startswith(f"{int(row['Patient ID']):08d}_") for name, row in zip(names, rows))
+    per_patient = {row["Patient ID"] for row in rows}
+    assert len(per_patient) < 60  # several images per patient, as in NIH
+    findings = [row["Finding Labels"] for row in rows]
+    assert "No Finding" in findings and any("Pneumonia" in f for f in findings)
+    assert any(f != "No Finding" and "Pneumonia" not in f for f in findings)  # other findings, to be excluded
+    with Image.open(root / "images" / names[0]) as image:
+        assert (image.mode, image.size, image.format) == ("L", (32, 32), "PNG")
+
+    # The official lists split by patient and cover every image once.
+    lists = {side: (root / name).read_text().split() for side, name in NIH_OFFICIAL_SPLIT.items()}
+    assert sorted(lists["train"] + lists["test"]) == sorted(names) and lists["test"]
+    assert not {n.split("_")[0] for n in lists["train"]} & {n.split("_")[0] for n in lists["test"]}
+    # NIH's preset reads it: the usable images are those with Pneumonia or No Finding only.
+    records = read_table(root / NIH_CSV, root / "images", id_column="Image Index", file_template="{Image Index}",
+                         label=NIH_LABEL, patient_column="Patient ID", official_split=NIH_OFFICIAL_SPLIT)
+    usable = [f for f in findings if f == "No Finding" or "Pneumonia" in f.split("|")]
+    assert len(records) == len(usable) and records.labels.sum() == sum("Pneumonia" in f for f in usable)
+
+    # Interrupted (a file and the marker gone): a rerun writes the missing file and keeps the rest.
+    kept = root / "images" / names[1]
+    mtime = kept.stat().st_mtime_ns
+    (root / "images" / names[0]).unlink()
+    (root / ".bench_table.json").unlink()
+    assert ensure_bench_table(root, 120, 32) > 0
+    assert (root / "images" / names[0]).is_file() and kept.stat().st_mtime_ns == mtime
