@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.bench import (NIH_COLUMNS, NIH_CSV, NIH_LABEL, NIH_OFFICIAL_SPLIT, build_parser, decode_plain,
-                          ensure_bench_table, fixed_sample, parse_args)
+from pneumo.bench import build_parser, decode_plain, fixed_sample, parse_args
+from pneumo.bench_table import NIH_COLUMNS, NIH_CSV, NIH_LABEL, NIH_OFFICIAL_SPLIT, ensure_bench_table
 from pneumo.images import decode_image
 from pneumo.synthetic import ensure_synthetic_dataset
 from pneumo.tables import read_table
@@ -212,3 +212,17 @@ def test_table_set_is_written_once_in_nih_layout_and_resumes(tmp_path):
     (root / ".bench_table.json").unlink()
     assert ensure_bench_table(root, 120, 32) > 0
     assert (root / "images" / names[0]).is_file() and kept.stat().st_mtime_ns == mtime
+
+
+def test_bench_trains_a_pretrained_backbone_at_its_config_input_size(bench_root):
+    run = _python("-c", BLOCKED_RUN, "--data-root", str(bench_root), "--model", "efficientnet_lite0", "--epochs", "2",
+                  "--batch-size", "4", "--ceiling-seconds", "0.2", "--decode-sample", "4", "--device", "cpu",
+                  timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["model"] == "efficientnet_lite0" and result["image_size"] == 224  # from conf/model
+    assert result["cache_mb"] == pytest.approx(N_IMAGES * 224 * 224 / 2 ** 20, abs=1e-3)
+    for key in ("ceiling_img_s", "warm_img_s", "cold_img_s"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    unknown = _python("-m", "pneumo.bench", "--model", "vgg99", "--device", "cpu")
+    assert unknown.returncode != 0 and "choose one of" in unknown.stderr and "resnet50" in unknown.stderr
