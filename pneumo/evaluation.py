@@ -61,9 +61,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     report["at_0.5"] = binary_metrics(labels, probs, 0.5)
     trained_on = describe_data_config(train_cfg.data)
     described = datamodule.describe()
-    report["data"] = {"name": described["name"], "source": described["source"],
-                      "root": str(datamodule.root), "split": getattr(datamodule, "evaluate_split", "test"),
-                      "n_images": len(files), "n_positive": int(labels.sum()), "n_negative": int(len(labels) - labels.sum()),
+    report["data"] = {"name": described["name"], "source": described["source"], "root": str(datamodule.root),
+                      "split": getattr(datamodule, "evaluate_split", "test"), "n_images": len(files),
+                      "n_positive": int(labels.sum()), "n_negative": int(len(labels) - labels.sum()),
                       "external": external, "training_data": trained_on}
     report["threshold"]["chosen_on"] = f"validation split of {trained_on['name']}"
     if external:
@@ -181,16 +181,15 @@ def format_table(report: dict[str, Any]) -> str:
     """The clinical table: metrics with 95% CIs at the operating threshold, and the 2x2 matrix."""
     threshold, metrics, cm = report["threshold"], report["metrics"], report["confusion_matrix"]
     n, data = report["n"], report.get("data", {})
-    where = f"{data['name']}, {'every labelled image' if data.get('split') == 'all' else 'test split'}" \
-        if "name" in data else "test split"
+    split = "every labelled image" if data.get("split") == "all" else "test split"
+    where = f"{data['name']}, {split}" if "name" in data else split
     lines = [f"{'External data' if data.get('external') else 'Data'}: {where}: {n['total']} images "
              f"({n['positive']} pneumonia, {n['negative']} normal)",
              f"Operating threshold {threshold['value']:.3f} (policy: {threshold['policy']}); "
              f"95% CI from a stratified bootstrap"]
     if threshold.get("note"):
         lines.append(f"Note: threshold {threshold['note']}")
-    lines += [
-             "", f"{'metric':<25}{'value':>7}  {'95% CI':<16}{'at 0.5':>7}"]
+    lines += ["", f"{'metric':<25}{'value':>7}  {'95% CI':<16}{'at 0.5':>7}"]
     for key, label in TABLE_ROWS:
         lo, hi = metrics[key]["ci95"]
         lines.append(f"{label:<25}{metrics[key]['value']:>7.3f}  [{lo:.3f}, {hi:.3f}] {report['at_0.5'][key]:>7.3f}")

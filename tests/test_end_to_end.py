@@ -175,5 +175,6 @@ def test_evaluate_on_the_synthetic_dicom_table_through_the_entry_point(trained):
     report = json.loads((out / "metrics.json").read_text())
     assert report["data"]["name"] == "synthetic_table" and report["data"]["external"] is True
     assert report["data"]["n_images"] == 60 and report["data"]["n_positive"] == 20
-    assert sorted(p.suffix for p in (tmp / "cache" / "synthetic_table" / "stage_2_train_images").iterdir()) == [".dcm"] * 60
+    written = (tmp / "cache" / "synthetic_table" / "stage_2_train_images").iterdir()
+    assert sorted(p.suffix for p in written) == [".dcm"] * 60
     assert 0 <= report["metrics"]["auroc"]["value"] <= 1
