@@ -53,9 +53,12 @@ def _history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, flo
 
 def _start(tmp: Path, run_dir: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then installs
+    # no Ctrl-C handler: give the run the default disposition a terminal user has.
     return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *_args(tmp),
                              f"hydra.run.dir={tmp}/{run_dir}", *extra], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
