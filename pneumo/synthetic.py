@@ -24,13 +24,10 @@ files regardless of how many processes render them.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
 import re
-import shutil
-import uuid
 from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +35,8 @@ from statistics import NormalDist
 
 import numpy as np
 from PIL import Image
+
+from pneumo.written_once import WrittenOnce
 
 __all__ = [
     "CLASSES",
@@ -54,6 +53,7 @@ FORMAT_VERSION = 2
 MARKER_NAME = ".synthetic.json"
 # Present while a set is being written; lets ensure_* recognise its own debris.
 _INCOMPLETE_NAME = ".synthetic.incomplete"
+_FOLDER = WrittenOnce(MARKER_NAME, _INCOMPLETE_NAME, "synthetic data set")
 
 SPLITS = ("train", "val", "test")
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -432,13 +432,11 @@ def write_synthetic_dataset(
                      normal_fraction=normal_fraction, min_side=min_side, max_side=max_side,
                      rgb_fraction=rgb_fraction, quality=quality)
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"refusing to write a synthetic set into non-empty {root}")
+    _FOLDER.begin(root)
     items = _plan(p)
     for split in SPLITS:
         for label in CLASSES:
             (root / split / label).mkdir(parents=True, exist_ok=True)
-    (root / _INCOMPLETE_NAME).touch()
 
     tasks = [(str(root / it.split / it.label / it.name), it, p.seed, p.min_side, p.max_side, p.quality)
              for it in items]
@@ -453,37 +451,8 @@ def write_synthetic_dataset(
 
     counts = {f"{s}/{c}": sum(1 for it in items if it.split == s and it.label == c)
               for s in SPLITS for c in CLASSES}
-    marker = {**p.marker(), "counts": counts}
-    (root / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    (root / _INCOMPLETE_NAME).unlink()
+    _FOLDER.finish(root, {**p.marker(), "counts": counts})
     return root
-
-
-def _read_marker(root: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads((root / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_current(root: Path, p: _Params) -> bool:
-    data = _read_marker(root)
-    if data is None or (root / _INCOMPLETE_NAME).exists():
-        return False
-    return {k: data.get(k) for k in ("format_version", "params")} == p.marker()
-
-
-def _is_ours(root: Path) -> bool:
-    """Whether ``root`` may be replaced: missing, empty, or a synthetic set.
-
-    Guards against wiping a real data set that happens to sit at ``root``.
-    """
-    if not root.exists():
-        return True
-    if not root.is_dir():
-        return False
-    return (root / MARKER_NAME).exists() or (root / _INCOMPLETE_NAME).exists() or not any(root.iterdir())
 
 
 def ensure_synthetic_dataset(root: Path, **params: Any) -> Path:
@@ -497,36 +466,4 @@ def ensure_synthetic_dataset(root: Path, **params: Any) -> Path:
     two processes racing, the loser simply uses the winner's folder.
     """
     p = _Params.make(**params)  # a misspelled or unknown name is a TypeError here
-    root = Path(root)
-    if _is_current(root, p):
-        return root
-    if not _is_ours(root):
-        raise FileExistsError(f"{root} exists and is not a synthetic data set; not overwriting it")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = root.parent / f".{root.name}.tmp-{token}"
-    try:
-        write_synthetic_dataset(tmp, **asdict(p))
-        for _ in range(5):
-            if _is_current(root, p):  # someone else finished first: use theirs
-                return root
-            if root.exists():
-                if not _is_ours(root):
-                    raise FileExistsError(f"{root} is not a synthetic data set; not overwriting it")
-                # Stale set (other params): move it aside, then take its place.
-                old = root.parent / f".{root.name}.old-{token}"
-                try:
-                    root.rename(old)
-                except FileNotFoundError:
-                    pass  # another process moved it already
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
-            try:
-                tmp.rename(root)
-                return root
-            except OSError:
-                continue  # lost a race for the name; re-check who won
-        raise RuntimeError(f"could not move the synthetic set into place at {root}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _FOLDER.ensure(Path(root), p.marker(), lambda folder: write_synthetic_dataset(folder, **asdict(p)))

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import multiprocessing
-import os
-import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo import synthetic
+from pneumo.written_once import WrittenOnce
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -58,6 +56,7 @@ __all__ = [
 FORMAT_VERSION = 1
 MARKER_NAME = ".synthetic_table.json"
 _INCOMPLETE_NAME = ".synthetic_table.incomplete"
+_FOLDER = WrittenOnce(MARKER_NAME, _INCOMPLETE_NAME, "synthetic table")
 # RSNA's names: the label CSV and the image folder beside it.
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
@@ -264,10 +263,8 @@ def write_synthetic_table(root: Path, *, seed: int = 0, n_images: int = 240, min
     """
     p = _Params(int(seed), int(n_images), int(min_side), int(max_side))
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"refusing to write a synthetic table into non-empty {root}")
+    _FOLDER.begin(root)
     (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    (root / _INCOMPLETE_NAME).touch()
     plan = plan_table(p.seed, p.n_images)
     tasks = [(str(root / IMAGES_DIR), image, p.min_side, p.max_side) for image in plan]
     workers = synthetic._n_workers(len(tasks))  # same rule as the folder set: 2 processes when worth it
@@ -282,8 +279,7 @@ def write_synthetic_table(root: Path, *, seed: int = 0, n_images: int = 240, min
         writer.writerows(row for image_rows in rows for row in image_rows)
     counts = {"images": len(plan), "positives": sum(image.pneumonia for image in plan),
               "rows": sum(len(image_rows) for image_rows in rows)}
-    (root / MARKER_NAME).write_text(json.dumps({**p.marker(), "counts": counts}, indent=2, sort_keys=True) + "\n")
-    (root / _INCOMPLETE_NAME).unlink()
+    _FOLDER.finish(root, {**p.marker(), "counts": counts})
     return root
 
 
@@ -297,54 +293,4 @@ def ensure_synthetic_table(root: Path, seed: int = 0, n_images: int = 240, min_s
     two processes racing, the loser uses the winner's folder (as `ensure_synthetic_dataset` does).
     """
     p = _Params(int(seed), int(n_images), int(min_side), int(max_side))
-    root = Path(root)
-    if _is_current(root, p):
-        return root
-    if not _is_ours(root):
-        raise FileExistsError(f"{root} exists and is not a synthetic table; not overwriting it. "
-                              "Point the demo's cache_dir elsewhere or empty that folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = root.parent / f".{root.name}.tmp-{token}"
-    try:
-        write_synthetic_table(tmp, **asdict(p))
-        for _ in range(5):
-            if _is_current(root, p):  # someone else finished first: use theirs
-                return root
-            if root.exists():
-                if not _is_ours(root):
-                    raise FileExistsError(f"{root} is not a synthetic table; not overwriting it")
-                old = root.parent / f".{root.name}.old-{token}"  # a stale table: move aside, then replace
-                try:
-                    root.rename(old)
-                except FileNotFoundError:
-                    pass  # another process moved it already
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
-            try:
-                tmp.rename(root)
-                return root
-            except OSError:
-                continue  # lost a race for the name; re-check who won
-        raise RuntimeError(f"could not move the synthetic table into place at {root}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _is_current(root: Path, p: _Params) -> bool:
-    try:
-        data = json.loads((root / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(data, dict) or (root / _INCOMPLETE_NAME).exists():
-        return False
-    return {key: data.get(key) for key in ("format_version", "params")} == p.marker()
-
-
-def _is_ours(root: Path) -> bool:
-    """Whether `root` may be replaced: missing, empty, or a synthetic table (never a real data set)."""
-    if not root.exists():
-        return True
-    if not root.is_dir():
-        return False
-    return (root / MARKER_NAME).exists() or (root / _INCOMPLETE_NAME).exists() or not any(root.iterdir())
+    return _FOLDER.ensure(Path(root), p.marker(), lambda folder: write_synthetic_table(folder, **asdict(p)))
