@@ -54,17 +54,20 @@ class CachedImages(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Unlabelled image files (predict_dir): the same decoding as training, label -1."""
+    """Image files decoded on every access, as in training: with their labels (a table with
+    data.cache=none), or unlabelled (predict_dir) with label -1."""
 
-    def __init__(self, files: list[str], image_size: int, channels: int, dicom_voi: str = "auto") -> None:
+    def __init__(self, files: list[str], image_size: int, channels: int, dicom_voi: str = "auto",
+                 labels: np.ndarray | None = None) -> None:
         self.files, self.image_size, self.channels, self.dicom_voi = files, image_size, channels, dicom_voi
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (load_tensor(self.files[index], self.image_size, self.channels, self.dicom_voi),
-                torch.tensor(-1.0))
+        label = -1.0 if self.labels is None else float(self.labels[index])
+        return load_tensor(self.files[index], self.image_size, self.channels, self.dicom_voi), torch.tensor(label)
 
 
 def list_images(folder: Path) -> list[str]:
@@ -186,7 +189,8 @@ class ChestXrayDataModule(L.LightningDataModule):
             self._register("train", train, train.rows)
             self._register("val", val, val.rows)
         if self.output_dir is not None:
-            write_split(self.output_dir / "split.json", self.root, self.files["train"], self.files["val"])
+            write_split(self.output_dir / "split.json", self.root,
+                        {"train": self.files["train"], "val": self.files["val"]})
 
     def _decode(self, split: str, folder: ImageFolder) -> "_Source":
         """Decode a whole split folder once (the cache does not depend on how it is split later)."""
@@ -206,7 +210,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _register(self, split: str, source: "_Source", rows: np.ndarray) -> None:
         self.files[split] = [source.files[r] for r in rows]
         self.labels[split] = source.labels[rows]
-        if isinstance(source.pixels, ImageFolder):
+        if isinstance(source.pixels, Dataset):  # uncached: files decoded on every access
             self.datasets[split] = Subset(source.pixels, rows.tolist())
         else:
             self.datasets[split] = CachedImages(source.pixels, source.labels, rows)
@@ -290,7 +294,7 @@ class ChestXrayDataModule(L.LightningDataModule):
 
 @dataclass
 class _Source:
-    """One decoded split folder: all its files and labels, the pixels (or the ImageFolder when
+    """One decoded split folder: all its files and labels, the pixels (or a Dataset of the files when
     uncached), and the rows that decoded."""
 
     files: list[str]

@@ -8,39 +8,18 @@ so that no patient is ever on two sides.
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Subset
 
 from pneumo.cache import decode_all
-from pneumo.data import ChestXrayDataModule, _Source
-from pneumo.images import load_tensor
-from pneumo.splits import patient_split
+from pneumo.data import ChestXrayDataModule, ImageFiles, _Source
+from pneumo.splits import patient_split, write_split
 from pneumo.tables import HOW_TO_GET_TABLES, TableRecords, read_table
 
 EVALUATE_SPLITS = ("test", "all")
-
-
-class LabelledFiles(Dataset):
-    """Files decoded on every access, with their labels: the data.cache=none path of a table."""
-
-    def __init__(self, files: list[str], labels: np.ndarray, image_size: int, channels: int,
-                 dicom_voi: str = "auto") -> None:
-        self.files, self.labels = files, labels
-        self.image_size, self.channels, self.dicom_voi = image_size, channels, dicom_voi
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
-        return (load_tensor(self.files[index], self.image_size, self.channels, self.dicom_voi),
-                float(self.labels[index]))
 
 
 class TableDataModule(ChestXrayDataModule):
@@ -144,8 +123,8 @@ class TableDataModule(ChestXrayDataModule):
                 self._report_bad_files()
                 raise ValueError(f"none of the {len(records)} images listed in {self.csv} could be read. "
                                  f"{HOW_TO_GET_TABLES}")
-            pixels: Any = (LabelledFiles(records.files, records.labels, self.image_size, self.channels,
-                                         self.dicom_voi) if self.cache == "none" else decoded.pixels)
+            pixels: Any = (ImageFiles(records.files, self.image_size, self.channels, self.dicom_voi, records.labels)
+                           if self.cache == "none" else decoded.pixels)
             self._source = _Source(records.files, records.labels, pixels, rows)
         return self._source
 
@@ -196,28 +175,15 @@ class TableDataModule(ChestXrayDataModule):
                              f"({error})") from error
         return np.array(kept, dtype=np.int64), np.array(taken, dtype=np.int64)
 
-    def _register(self, split: str, source: _Source, rows: np.ndarray) -> None:
-        if isinstance(source.pixels, LabelledFiles):
-            self.files[split] = [source.files[r] for r in rows]
-            self.labels[split] = source.labels[rows]
-            self.datasets[split] = Subset(source.pixels, rows.tolist())
-        else:
-            super()._register(split, source, rows)
-
     def _write_split(self) -> None:
         """split.json: the files of each split so far, relative to image_dir so the split is portable."""
         if self.output_dir is None:
             return
-        payload: dict[str, Any] = {"name": self.name,
-                                   "test_split": ("all" if self.evaluate_split == "all" else
-                                                  "official" if self.table().official is not None else
-                                                  f"test_fraction={self.test_fraction}")}
-        for split in ("train", "val", "test"):
-            if split in self.files:
-                payload[split] = [Path(os.path.relpath(file, self.root)).as_posix() for file in self.files[split]]
-        path = self.output_dir / "split.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1))
+        test_split = ("all" if self.evaluate_split == "all" else
+                      "official" if self.table().official is not None else f"test_fraction={self.test_fraction}")
+        write_split(self.output_dir / "split.json", self.root,
+                    {split: self.files[split] for split in ("train", "val", "test") if split in self.files},
+                    name=self.name, test_split=test_split)
 
     # ---- facts the rest of the run needs ---------------------------------------------------------
     def patients(self, split: str) -> list[str]:

@@ -7,10 +7,11 @@ validation metrics. Patients are parsed from the Kaggle file names.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -74,10 +75,11 @@ def patient_split(paths: Sequence[str | Path], labels: Sequence[int], val_fracti
     return train, sorted(val)
 
 
-def write_split(path: Path, root: Path, train: Sequence[str | Path], val: Sequence[str | Path]) -> Path:
-    """split.json with file paths relative to the data root, so the split is portable."""
-    def rel(items: Sequence[str | Path]) -> list[str]:
-        return [Path(p).resolve().relative_to(root.resolve()).as_posix() for p in items]
+def write_split(path: Path, root: Path, splits: Mapping[str, Sequence[str | Path]], **facts: Any) -> Path:
+    """split.json: `facts` (e.g. the data set's name), then each split's files relative to the data
+    root, so the split is portable."""
+    payload = {**facts, **{name: [Path(os.path.relpath(file, root)).as_posix() for file in files]
+                           for name, files in splits.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"train": rel(train), "val": rel(val)}, indent=1))
+    path.write_text(json.dumps(payload, indent=1))
     return path

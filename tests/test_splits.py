@@ -62,7 +62,7 @@ def test_tiny_sets_split_or_fail_clearly():
 
 def test_write_split_uses_paths_relative_to_the_root(tmp_path):
     root = tmp_path / "data"
-    write_split(tmp_path / "out" / "split.json", root, [root / "train/NORMAL/a.jpeg"],
-                [root / "train/PNEUMONIA/b.jpeg"])
+    write_split(tmp_path / "out" / "split.json", root,
+                {"train": [root / "train/NORMAL/a.jpeg"], "val": [root / "train/PNEUMONIA/b.jpeg"]})
     assert json.loads((tmp_path / "out" / "split.json").read_text()) == {
         "train": ["train/NORMAL/a.jpeg"], "val": ["train/PNEUMONIA/b.jpeg"]}
