@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pneumo.config import PROJECT_ROOT
-from pneumo.synthetic import ensure_synthetic_dataset
+from pneumo.demo.synthetic import ensure_synthetic_dataset
 
 # Small enough to write in seconds, large enough for a patient-grouped split with both classes.
 TINY_SET = dict(seed=3, n_train=80, n_val=16, n_test=40, min_side=512, max_side=640)
@@ -21,8 +21,11 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_entry_point(script: str, *overrides: str, cwd: Path | None = None,
-                    timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train.py / evaluate.py exactly as a user would, in a fresh interpreter."""
+                    timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / evaluate.py exactly as a user would, in a fresh interpreter.
+
+    No wall-time limit by default: tests bound the work (tiny data, few epochs) and pytest-timeout
+    (pytest.ini) catches a hang, so a loaded machine slows a test down without failing it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *overrides], cwd=cwd or PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
