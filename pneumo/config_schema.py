@@ -172,9 +172,8 @@ SCHEMA: dict[str, Rule] = {
     "audit.fail_on": choice("none", "leak"),
     "audit.image_size": IMAGE_SIZE,
     "audit.hash_size": integer(2, 16),
-    "audit.near_max_distance": integer(0, 24, maximum=1024),
+    "audit.near_max_distance": integer(0, 24, maximum=256),
     "audit.samples_per_class": integer(0, 16),
-    "tracking.log_checkpoints": choice("best", "all", "none"),
 }
 
 

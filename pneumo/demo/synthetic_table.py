@@ -9,11 +9,11 @@ writes a stand-in with its layout and formats::
 As in RSNA, a pneumonia image has one row per opacity box (one or two here, Target 1) and a normal
 image exactly one row with empty box fields and Target 0; about a third of the images are positive.
 
-The pictures are those of `pneumo.synthetic` (same renderer, other seeds), so a model trained on the
+The pictures are those of `pneumo.demo.synthetic` (drawn by `pneumo.demo.render`) (same renderer, other seeds), so a model trained on the
 Kaggle-style synthetic folders can classify these. What the table adds is DICOM variety that real
 exports have, cycled over the images so every kind is present: MONOCHROME1 (inverted storage),
 12-bit values with Rescale Slope/Intercept, Window Center/Width, and JPEG Baseline compression.
-Stored values are chosen so that decoding (`pneumo.dicom`) gives back the rendered picture: exactly
+Stored values are chosen so that decoding (`pneumo.data.dicom_reader`) gives back the rendered picture: exactly
 for the uncompressed kinds, within JPEG error for the compressed one. The boxes are plausible
 lung-zone boxes drawn per positive image, not traced from its opacities; only Target labels images.
 
@@ -66,7 +66,7 @@ LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 _POSITIVE_FRACTION = 1 / 3
 _TWO_BOXES_P = 0.55
 _JPEG_QUALITY = 95
-# Seed stream tags: distinct from pneumo.synthetic's (1 plan, 2 images), so no picture is shared.
+# Seed stream tags: distinct from pneumo.demo.synthetic's (1 plan, 2 images), so no picture is shared.
 _PLAN_STREAM = 3
 _IMAGE_STREAM = 4
 # 12-bit windowed storage: stored = 8 * display + offset, so the window covers 0..2040 + offset.

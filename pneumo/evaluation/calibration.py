@@ -4,8 +4,10 @@ Method: Guo, Pleiss, Sun & Weinberger (2017), "On Calibration of Modern Neural N
 T minimises the negative log-likelihood of held-out (validation) labels. Here it is a 1-D bounded scipy
 optimisation (`scipy.optimize.minimize_scalar`, method "bounded") of the NLL over log T, in float64; no
 new dependency. T > 1 softens an over-confident model, T < 1 sharpens an under-confident one. Dividing
-by T > 0 is strictly monotone, so the ranking of the images (AUROC, AUPRC) is unchanged; a threshold on
-the probability moves with it.
+by T > 0 is strictly monotone, so the ranking of the images (AUROC, AUPRC) is unchanged as long as
+sigmoid(z / T) does not round to exactly 0 or 1 in float64 (|z / T| < ~36): a fit that runs to the lower
+bound of T (a validation set the model separates perfectly) is therefore not used; a threshold on the
+probability moves with T.
 
 Where it is stored: ``checkpoint["pneumo"]["calibration"]`` = :func:`calibration_record`; a checkpoint
 without it (written before calibration existed) is uncalibrated (T = 1, :func:`checkpoint_temperature`).
@@ -89,8 +91,13 @@ def calibration_record(labels: Any, logits: Any, method: str) -> dict[str, Any]:
     y, _ = _check(labels, logits)
     if y.min() == y.max():
         return {"method": "none", "note": "validation held one class only: no temperature fitted"}
-    return {"method": "temperature", "temperature": fit_temperature(labels, logits), "fitted_on": "validation",
-            "n_images": int(y.size)}
+    temperature = fit_temperature(labels, logits)
+    if not T_BOUNDS[0] * 1.05 < temperature < T_BOUNDS[1] / 1.05:
+        # On a perfectly separated validation set the NLL keeps falling as T -> 0: T runs to its bound and
+        # sigmoid(z / T) would round most scores to exactly 0 or 1, tying them and changing AUROC.
+        return {"method": "none", "note": f"the temperature ran to its bound ({temperature:.3g}): validation "
+                                          f"separates the classes, T is not identifiable; left uncalibrated"}
+    return {"method": "temperature", "temperature": temperature, "fitted_on": "validation", "n_images": int(y.size)}
 
 
 def checkpoint_temperature(pneumo: dict[str, Any] | None) -> float:

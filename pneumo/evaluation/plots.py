@@ -174,6 +174,8 @@ def plot_reliability(y_true: Any, y_prob: Any, path: str | Path, n_bins: int = 1
     centers = (edges[:-1] + edges[1:]) / 2.0
     width = edges[1] - edges[0]
     filled = bins["counts"] > 0
+    # Checked before any figure exists, so a bad input leaves no open figure behind.
+    p_before = None if probs_before is None else _validate(y, probs_before)[1]
 
     fig, (ax, ax_n) = plt.subplots(
         2, 1, figsize=(6, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
@@ -184,8 +186,7 @@ def plot_reliability(y_true: Any, y_prob: Any, path: str | Path, n_bins: int = 1
     ax.plot(bins["mean_pred"][filled], bins["frac_pos"][filled], "o-", c="tab:blue",
             label="mean predicted vs observed" + (f", calibrated (ECE {ece:.3f})" if probs_before is not None else ""))
     title = f"Reliability diagram (ECE = {ece:.3f}, {n_bins} bins)"
-    if probs_before is not None:
-        _, p_before = _validate(y, probs_before)
+    if p_before is not None:
         before = reliability_bins(y, p_before, n_bins)
         ece_before = expected_calibration_error(y, p_before, n_bins)
         kept = before["counts"] > 0

@@ -106,11 +106,26 @@ def newest_checkpoint(project_root: Path, names: tuple[str, ...] = ("last.ckpt",
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+def _run_started(checkpoint: Path) -> float:
+    """When the run holding `checkpoint` (…/RUN/checkpoints/x.ckpt) started: Hydra writes RUN/.hydra/ first."""
+    run = checkpoint.parent.parent
+    marker = run / ".hydra" / "config.yaml"
+    return (marker if marker.exists() else checkpoint.parent).stat().st_mtime
+
+
 def resolve_checkpoint_path(value: str, project_root: Path) -> Path:
-    """`ckpt=` as evaluate.py takes it: a path, or `best` (the newest run's best-epoch checkpoint) or
-    `last` (the newest run's last.ckpt)."""
-    if value == "best":
-        return newest_checkpoint(project_root, names=(), pattern="best-epoch*.ckpt")
-    if value == "last":
-        return newest_checkpoint(project_root, names=("last.ckpt",))
-    return Path(value).expanduser()
+    """`ckpt=` as evaluate.py takes it: a path, or `best` / `last`: the best-epoch checkpoint / last.ckpt of
+    the most recently started run under outputs/ and multirun/ that has one (so `best` and `last` name the
+    same run, and a long run that improves late does not win over the run you just started).
+
+    Raises:
+        FileNotFoundError: `best`/`last` and no run has such a checkpoint (names the folders searched).
+    """
+    if value not in ("best", "last"):
+        return Path(value).expanduser()
+    pattern, names = ("best-epoch*.ckpt", ()) if value == "best" else ("*.ckpt", ("last.ckpt",))
+    newest_checkpoint(project_root, names=names, pattern=pattern)  # raises, naming the folders, when none exists
+    folders = [project_root / "outputs", project_root / "multirun"]
+    found = [p for folder in folders for p in folder.glob(f"**/checkpoints/{pattern}") if not names or p.name in names]
+    run = max({p.parent for p in found}, key=lambda folder: _run_started(next(folder.glob(pattern))))
+    return max((p for p in found if p.parent == run), key=lambda p: p.stat().st_mtime)

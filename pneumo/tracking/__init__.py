@@ -1,5 +1,5 @@
 """MLflow glue: the logger behind every run (store set-up, params, tags, artifacts, what could not be
 logged), and the model in MLflow's format for `mlflow models serve`.
 
-Imports `pneumo.config` and `pneumo.data.readers` only, so training and evaluation can both use it.
+Imports `pneumo.config` only, so training and evaluation can both use it.
 """

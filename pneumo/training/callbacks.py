@@ -69,7 +69,7 @@ def write_scores(path: Path, labels: Any, probs: Any, files: list[str]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "probability"])
-        writer.writerows((file, int(label), f"{float(prob):.8g}") for file, label, prob in zip(files, labels, probs))
+        writer.writerows((file, int(label), repr(float(prob))) for file, label, prob in zip(files, labels, probs))
     return path
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.evaluation.definedness import json_safe
+
 FOLD_KEY, N_FOLDS_KEY = "data.fold", "data.n_folds"
 METRICS = ("val/auroc", "val/sensitivity", "val/specificity", "val/ppv", "val/npv", "val/loss")
 SCORES_ARTIFACT = "validation/scores.csv"
@@ -159,6 +161,6 @@ def write_artifacts(folder: Path, summaries: dict[str, dict[str, Any]], markdown
     import json
 
     json_path, md_path = folder / "cross_validation.json", folder / "cross_validation.md"
-    json_path.write_text(json.dumps(summaries, indent=1, default=float))
+    json_path.write_text(json.dumps(json_safe(summaries), indent=1, allow_nan=False))  # NaN (one fold's sd) -> null
     md_path.write_text(markdown + "\n")
     return [json_path, md_path]

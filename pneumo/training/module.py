@@ -5,10 +5,11 @@ Validation metrics carry the names evaluate.py and metrics.json use (`val/sensit
 (`pneumo.evaluation.metrics.binary_metrics`) over every validation image of the epoch, at the epoch's
 operating threshold (`val/threshold`); the same figures at 0.5 carry the suffix `_at_0.5`. With
 `calibration="temperature"` each validation epoch first fits temperature scaling on its logits
-(`pneumo.evaluation.calibration`, Guo et al. 2017; `val/temperature`), and every validation figure, the
-threshold and the checkpoint's figures use the calibrated probabilities sigmoid(logit / T). Under DDP the
-scores of all processes are gathered first and each image is counted once (the evaluation sampler does
-not pad), so 1 and N processes give the same numbers.
+(`pneumo.evaluation.calibration`, Guo et al. 2017; `val/temperature`), and the validation metrics, the
+threshold and the checkpoint's figures use the calibrated probabilities sigmoid(logit / T) (`val/loss`
+stays the training loss on the raw logits). Under DDP the scores of all processes are gathered first and
+each image is counted once (the evaluation sampler does not pad), so 1 and N processes give the same
+metrics and threshold (`val/loss` is Lightning's mean of the processes' means).
 """
 from __future__ import annotations
 
@@ -180,8 +181,8 @@ class PneumoniaClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self._epoch_scores("val")
-        if scores is None:
-            return
+        if scores is None or (self._trainer is not None and self.trainer.sanity_checking):
+            return  # a sanity check's few batches must not replace the temperature or threshold
         labels, logits = scores
         # Every process fits on the same gathered logits, so all hold the same temperature.
         self.calibration_fit = calibration_record(labels.numpy(), logits.numpy(), self.calibration)
@@ -248,10 +249,12 @@ class PneumoniaClassifier(L.LightningModule):
                                 "calibration": self.calibration_fit, "validation": self.validation_figures()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run continues with the checkpoint's temperature (T = 1 if it has none)."""
+        """A resumed run continues with the checkpoint's temperature (T = 1 if it has none) and threshold."""
         pneumo = checkpoint.get("pneumo") or {}
         self.calibration_fit = dict(pneumo.get("calibration") or {"method": "none"})
         self.set_temperature(checkpoint_temperature(pneumo))
+        if pneumo.get("threshold"):  # the pair stays together if the resumed run stops before validating again
+            self.threshold = dict(pneumo["threshold"])
 
     def validation_figures(self) -> dict[str, Any] | None:
         """This epoch's validation metrics at the chosen threshold and at 0.5: what an external

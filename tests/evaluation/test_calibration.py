@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pneumo.evaluation.calibration import (apply_temperature, calibration_record, calibration_report,
-                                           checkpoint_temperature, fit_temperature, nll)
+                                           checkpoint_temperature, fit_temperature, nll, T_BOUNDS)
 from pneumo.evaluation.metrics import binary_metrics, expected_calibration_error
 from pneumo.evaluation.report_text import calibration_lines
 
@@ -158,3 +158,23 @@ def test_reliability_diagram_draws_before_and_after(tmp_path):
     assert path.is_file() and path.stat().st_size > 10_000
     with pytest.raises(ValueError):
         plot_reliability(labels, apply_temperature(z, 1.0), tmp_path / "bad.png", probs_before=z[:10])
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # the refused input left no open figure
+
+
+def test_a_perfectly_separated_validation_set_is_left_uncalibrated():
+    """Separable scores drive T to its lower bound, where sigmoid(z / T) rounds to exactly 0 or 1 and ties
+    the images: such a fit is not used, so the held-out ranking (AUROC) stays the model's."""
+    rng = np.random.default_rng(3)
+    val_labels = np.r_[np.zeros(40), np.ones(40)]
+    val_logits = np.r_[rng.uniform(-3, -0.5, 40), rng.uniform(0.5, 3, 40)]  # no overlap
+    assert fit_temperature(val_labels, val_logits) < T_BOUNDS[0] * 1.05  # the fit runs to the bound
+    record = calibration_record(val_labels, val_logits, "temperature")
+    assert record["method"] == "none" and "not identifiable" in record["note"]
+    assert checkpoint_temperature({"calibration": record}) == 1.0
+    test_labels = np.r_[np.zeros(200), np.ones(200)]
+    test_logits = np.r_[rng.normal(-1, 1.5, 200), rng.normal(1, 1.5, 200)]
+    raw = binary_metrics(test_labels.astype(int), apply_temperature(test_logits, 1.0), 0.5)["auroc"]
+    at_bound = binary_metrics(test_labels.astype(int), apply_temperature(test_logits, T_BOUNDS[0]), 0.5)["auroc"]
+    assert at_bound < raw - 0.01  # what using the bound would have cost

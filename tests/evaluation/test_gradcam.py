@@ -1,4 +1,4 @@
-"""Tests for pneumo.gradcam: map shape and range, maps that follow the evidence on a task whose
+"""Tests for pneumo.evaluation.gradcam: map shape and range, maps that follow the evidence on a task whose
 only signal is a corner blob, target-layer resolution, the overlay PNG, and no side effects on the
 caller's model."""
 from __future__ import annotations

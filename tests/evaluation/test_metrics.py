@@ -1,4 +1,4 @@
-"""Tests for pneumo.metrics: every number is checked against scikit-learn or a
+"""Tests for pneumo.evaluation.metrics: every number is checked against scikit-learn or a
 hand computation written out below, so a regression in any metric fails."""
 
 from __future__ import annotations

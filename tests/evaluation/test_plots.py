@@ -1,4 +1,4 @@
-"""Tests for pneumo.plots: each figure is written as a real, sanely sized PNG,
+"""Tests for pneumo.evaluation.plots: each figure is written as a real, sanely sized PNG,
 figures are closed, and the gallery copes with few (or no) errors."""
 
 from __future__ import annotations

@@ -29,6 +29,19 @@ def test_best_and_last_pick_the_newest_run(tmp_path):
     assert resolve_checkpoint_path("~/x.ckpt", tmp_path) == Path("~/x.ckpt").expanduser()
 
 
+def test_best_is_the_best_of_the_run_started_last_not_the_newest_file(tmp_path):
+    # A long run started first improves late: its best-epoch file is the newest file, but the run the user
+    # just started (its .hydra/ written later) is the one `best` means.
+    long_run, new_run = tmp_path / "outputs/2026-11-01/08-00-00", tmp_path / "outputs/2026-11-01/09-00-00"
+    _touch(long_run / ".hydra/config.yaml", 100)
+    _touch(new_run / ".hydra/config.yaml", 200)
+    late_best = _touch(long_run / "checkpoints/best-epoch40.ckpt", 900)
+    new_best = _touch(new_run / "checkpoints/best-epoch01.ckpt", 300)
+    _touch(new_run / "checkpoints/last.ckpt", 310)
+    assert resolve_checkpoint_path("best", tmp_path) == new_best != late_best
+    assert resolve_checkpoint_path("last", tmp_path).parent == new_best.parent  # the same run
+
+
 def test_no_checkpoint_names_the_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="outputs.*multirun"):
         resolve_checkpoint_path("best", tmp_path)
