@@ -46,6 +46,17 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return out
 
 
+def _mark_operating_point(ax: Any, x: float, y: float, label: str) -> None:
+    """The operating threshold's point on a curve: one red dot, labelled in the legend."""
+    ax.scatter([x], [y], s=80, c="red", zorder=3, label=label)
+
+
+def _unit_square(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Axes of a curve whose both coordinates are rates in [0, 1], with a light grid."""
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+
+
 def plot_roc(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Path:
     """ROC curve with AUROC in the legend and the chosen operating point.
 
@@ -60,26 +71,11 @@ def plot_roc(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Pa
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUROC = {m['auroc']:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
-    ax.scatter(
-        [1.0 - m["specificity"]],
-        [m["sensitivity"]],
-        s=80,
-        c="red",
-        zorder=3,
-        label=(
-            f"threshold {threshold:.3f}: sens {m['sensitivity']:.3f}, "
-            f"spec {m['specificity']:.3f}"
-        ),
-    )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="1 - specificity (false positive rate)",
-        ylabel="sensitivity (true positive rate)",
-        title="ROC curve (positive = PNEUMONIA)",
-    )
+    _mark_operating_point(ax, 1.0 - m["specificity"], m["sensitivity"],
+                          f"threshold {threshold:.3f}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}")
+    _unit_square(ax, "1 - specificity (false positive rate)", "sensitivity (true positive rate)",
+                 "ROC curve (positive = PNEUMONIA)")
     ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path)
 
@@ -102,25 +98,9 @@ def plot_pr(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Pat
     ax.step(recall, precision, where="post", lw=2, label=f"PR (AUPRC = {m['auprc']:.3f})")
     ax.axhline(prevalence, ls="--", c="grey", lw=1, label=f"prevalence = {prevalence:.3f}")
     if not math.isnan(m["ppv"]):  # no positive prediction -> no precision
-        ax.scatter(
-            [m["sensitivity"]],
-            [m["ppv"]],
-            s=80,
-            c="red",
-            zorder=3,
-            label=(
-                f"threshold {threshold:.3f}: recall {m['sensitivity']:.3f}, "
-                f"precision {m['ppv']:.3f}"
-            ),
-        )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="recall (sensitivity)",
-        ylabel="precision (PPV)",
-        title="Precision-recall curve (positive = PNEUMONIA)",
-    )
-    ax.grid(alpha=0.3)
+        _mark_operating_point(ax, m["sensitivity"], m["ppv"],
+                              f"threshold {threshold:.3f}: recall {m['sensitivity']:.3f}, precision {m['ppv']:.3f}")
+    _unit_square(ax, "recall (sensitivity)", "precision (PPV)", "Precision-recall curve (positive = PNEUMONIA)")
     ax.legend(loc="lower left", fontsize=9)
     return _save(fig, path)
 
