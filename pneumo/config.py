@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.paths import CONFIG_DIR, PROJECT_ROOT
+from pneumo.paths import CONFIG_DIR, PROJECT_ROOT  # noqa: F401  (CONFIG_DIR: re-exported for the entry points)
 
 
 def register_resolvers() -> None:

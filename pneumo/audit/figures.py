@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pneumo.evaluation.plots import _save, _to_nhwc, plt  # Agg backend, the project's PNG settings
+from pneumo.evaluation.plots import plt, save_figure, to_nhwc  # Agg backend, the project's PNG settings
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -75,7 +75,7 @@ def plot_image_facts(facts_by_split: dict[str, list[Any]], means_by_split: dict[
     grey_ax.legend(fontsize=8)
     fig.suptitle("Image facts per split (read from file headers; brightness from the decoded images)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pairs(images: np.ndarray, titles: Sequence[tuple[str, str]], captions: Sequence[str],
@@ -89,7 +89,7 @@ def plot_pairs(images: np.ndarray, titles: Sequence[tuple[str, str]], captions: 
         colours: caption colour per pair (red for cross-split leaks).
         heading: the figure's title.
     """
-    tiles = _to_nhwc(images)
+    tiles = to_nhwc(images)
     n = len(titles)
     fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.4 * n), squeeze=False)
     for row in range(n):
@@ -99,7 +99,7 @@ def plot_pairs(images: np.ndarray, titles: Sequence[tuple[str, str]], captions: 
                               fontsize=9, color=colours[row], fontweight="bold")
     fig.suptitle(heading, y=1.0)
     fig.tight_layout(h_pad=3.0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, heading: str,
@@ -111,7 +111,7 @@ def plot_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, headi
         titles: one per image (may hold line breaks).
         colours: title colour per image (default black).
     """
-    tiles = _to_nhwc(images)
+    tiles = to_nhwc(images)
     columns = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
@@ -122,7 +122,7 @@ def plot_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, headi
         _show(ax, tile, title, colours[n] if colours else "black")
     fig.suptitle(heading)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_nearest(nearest: np.ndarray, max_distance: int, hash_bits: int, path: str | Path) -> Path:
@@ -143,4 +143,4 @@ def plot_nearest(nearest: np.ndarray, max_distance: int, hash_bits: int, path: s
     ax.set(xlabel=f"pHash distance to the nearest other image (bits of {hash_bits})", ylabel="images",
            title=f"Nearest neighbour per image: {copies} of {len(values)} within the threshold")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

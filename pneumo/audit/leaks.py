@@ -182,6 +182,14 @@ def cross_split_leaks(datamodule: Any, max_distance: int = NEAR_MAX_DISTANCE,
     return [*pairs, *shared_patients(table)]
 
 
+def setup_held_out(datamodule: Any) -> None:
+    """Set the module up for the test stage too, when that stage serves a held-out split (not every image,
+    as a table with data.evaluate_split=all does): the audit and the leak check look at every split.
+    The DataModule's own guard makes a second call free."""
+    if getattr(datamodule, "evaluate_split", "test") == "test":
+        datamodule.setup("test")
+
+
 def warn_on_leaks(datamodule: Any, max_distance: int = NEAR_MAX_DISTANCE) -> list[str]:
     """The training run's leak check: warn when the validation or test split shares images or patients.
 
@@ -196,8 +204,7 @@ def warn_on_leaks(datamodule: Any, max_distance: int = NEAR_MAX_DISTANCE) -> lis
         One line per leak (`Pair.line`, `SharedPatient.line`; paths relative to the data root), empty
         when nothing crosses. When not empty, one DataLeakWarning names the first WARN_SHOWN of them.
     """
-    if "test" not in datamodule.datasets and getattr(datamodule, "evaluate_split", "test") == "test":
-        datamodule.setup("test")
+    setup_held_out(datamodule)
     root = getattr(datamodule, "root", None)
     leaks = cross_split_leaks(datamodule, max_distance)
     lines = [leak.line(root) for leak in leaks]

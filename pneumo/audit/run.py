@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo.audit import figures, page
 from pneumo.audit.facts import FileFacts, file_facts
 from pneumo.audit.fingerprints import ImageTable, fingerprint, split_pixels
-from pneumo.audit.leaks import FAIL_ON, Pair, confirm_exact, find_pairs, relative, shared_patients
+from pneumo.audit.leaks import (FAIL_ON, Pair, confirm_exact, find_pairs, relative, setup_held_out,
+                                shared_patients)
 from pneumo.audit.outliers import Outlier, find_outliers
 from pneumo.data.labels import CLASS_NAMES
 
@@ -39,8 +40,7 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if getattr(datamodule, "evaluate_split", "test") == "test":
-        datamodule.setup("test")
+    setup_held_out(datamodule)
     root = str(datamodule.root)
 
     table = fingerprint(datamodule, hash_size=settings["hash_size"])

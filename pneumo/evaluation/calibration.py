@@ -119,7 +119,7 @@ def calibration_report(labels: Any, logits: Any, record: dict[str, Any], n_resam
     (:func:`pneumo.evaluation.metrics.bootstrap_ci`); before and after use the same seed, so the same
     resamples. labels (n,) 0/1, logits (n,) floats. Raises ValueError on invalid input."""
     y, z = _check(labels, logits)
-    temperature = float(record["temperature"]) if record.get("method") == "temperature" else 1.0
+    temperature = checkpoint_temperature({"calibration": record})
     out: dict[str, Any] = {key: record[key] for key in ("method", "fitted_on", "n_images", "note") if key in record}
     out["temperature"] = temperature
     for name, t in (("before", 1.0), ("after", temperature)):

@@ -31,11 +31,12 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from pneumo.data.labels import CLASS_NAMES  # noqa: E402
 from pneumo.evaluation.metrics import (_require_both_classes, _validate, binary_metrics,  # noqa: E402
-                                       confusion_counts, expected_calibration_error, reliability_bins)
+                                       expected_calibration_error, reliability_bins)
+
 _DPI = 100
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG (creating parent folders) and close it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def plot_roc(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Pa
                  "ROC curve (positive = PNEUMONIA)")
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pr(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Path:
@@ -102,7 +103,7 @@ def plot_pr(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Pat
                               f"threshold {threshold:.3f}: recall {m['sensitivity']:.3f}, precision {m['ppv']:.3f}")
     _unit_square(ax, "recall (sensitivity)", "precision (PPV)", "Precision-recall curve (positive = PNEUMONIA)")
     ax.legend(loc="lower left", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(tp: int, fp: int, tn: int, fn: int, path: str | Path) -> Path:
@@ -135,7 +136,7 @@ def plot_confusion(tp: int, fp: int, tn: int, fn: int, path: str | Path) -> Path
         ax.set_ylabel("true")
         ax.set_title(title)
     fig.suptitle(f"Confusion matrix (TP={tp}, FP={fp}, TN={tn}, FN={fn})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(y_true: Any, y_prob: Any, path: str | Path, n_bins: int = 10,
@@ -182,12 +183,12 @@ def plot_reliability(y_true: Any, y_prob: Any, path: str | Path, n_bins: int = 1
         ax_n.text(x, c, str(int(c)), ha="center", va="bottom", fontsize=8)
     ax_n.set(xlabel="predicted probability of PNEUMONIA", ylabel="count")
     ax_n.set_ylim(0, max(1, int(bins["counts"].max())) * 1.25)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histogram(y_true: Any, y_prob: Any, threshold: float, path: str | Path) -> Path:
     """:func:`score_histogram_figure` saved as PNG at ``path`` (returned)."""
-    return _save(score_histogram_figure(y_true, y_prob, threshold), path)
+    return save_figure(score_histogram_figure(y_true, y_prob, threshold), path)
 
 
 def score_histogram_figure(y_true: Any, y_prob: Any, threshold: float) -> Figure:
@@ -215,7 +216,7 @@ def score_histogram_figure(y_true: Any, y_prob: Any, threshold: float) -> Figure
     return fig
 
 
-def _to_nhwc(images: np.ndarray) -> np.ndarray:
+def to_nhwc(images: np.ndarray) -> np.ndarray:
     """Return images as (N, H, W) grey or (N, H, W, 3) RGB for ``imshow``."""
     imgs = np.asarray(images)
     if imgs.ndim == 3:
@@ -237,7 +238,7 @@ def _to_nhwc(images: np.ndarray) -> np.ndarray:
 def plot_gallery(images: np.ndarray, y_true: Any, y_prob: Any, threshold: float, path: str | Path,
                  errors_total: int | None = None) -> Path:
     """:func:`gallery_figure` saved as PNG at ``path`` (returned)."""
-    return _save(gallery_figure(images, y_true, y_prob, threshold, errors_total), path)
+    return save_figure(gallery_figure(images, y_true, y_prob, threshold, errors_total), path)
 
 
 def gallery_figure(images: np.ndarray, y_true: Any, y_prob: Any, threshold: float,
@@ -252,7 +253,7 @@ def gallery_figure(images: np.ndarray, y_true: Any, y_prob: Any, threshold: floa
     shown). Raises ValueError when images and labels disagree in number or the layout is unknown.
     """
     y, p = _validate(y_true, y_prob)
-    imgs = _to_nhwc(images)
+    imgs = to_nhwc(images)
     if imgs.shape[0] != y.size:
         raise ValueError(f"got {imgs.shape[0]} images for {y.size} labels")
     if not y.size:
@@ -285,5 +286,7 @@ __all__ = [
     "plot_reliability",
     "plot_roc",
     "plot_score_histogram",
+    "save_figure",
     "score_histogram_figure",
+    "to_nhwc",
 ]

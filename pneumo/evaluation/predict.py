@@ -47,7 +47,8 @@ def predict_folder(cfg: DictConfig, train_cfg: DictConfig, module: L.LightningMo
     if cfg.gradcam.on_predict and cfg.gradcam.n > 0:
         shown = np.arange(min(cfg.gradcam.n, len(files)))
         write_gradcam(module, cfg.gradcam.target_layer, images_of(dataset, shown),
-                       [f"{Path(files[i]).name}\nP(PNEUMONIA) = {probs[i]:.2f}" for i in shown], output_dir / "gradcam.png")
+                      [f"{Path(files[i]).name}\nP(PNEUMONIA) = {probs[i]:.2f}" for i in shown],
+                      output_dir / "gradcam.png")
     positives = int((probs >= threshold["value"]).sum())
     print(f"{len(files)} images scored; {positives} above the threshold {threshold['value']:.3f} "
           f"({threshold['policy']}). Predictions: {output_dir / 'predictions.csv'}")

@@ -96,6 +96,12 @@ def newest_checkpoint(project_root: Path, names: tuple[str, ...] = ("last.ckpt",
     Raises:
         FileNotFoundError: no such checkpoint, naming the folders searched and the explicit alternative.
     """
+    return max(_run_checkpoints(project_root, names, pattern), key=lambda p: p.stat().st_mtime)
+
+
+def _run_checkpoints(project_root: Path, names: tuple[str, ...], pattern: str) -> list[Path]:
+    """Every checkpoint under `project_root`/outputs and /multirun matching `pattern` (and, unless names is
+    empty, named one of `names`). Raises FileNotFoundError naming the folders when there is none."""
     folders = [project_root / "outputs", project_root / "multirun"]
     found = [p for folder in folders for p in folder.glob(f"**/checkpoints/{pattern}")
              if not names or p.name in names]
@@ -103,14 +109,14 @@ def newest_checkpoint(project_root: Path, names: tuple[str, ...] = ("last.ckpt",
         wanted = " or ".join(names) if names else pattern
         raise FileNotFoundError(f"found no {wanted} under {folders[0]} or {folders[1]}: train first, or pass "
                                 f"the checkpoint's path")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return found
 
 
-def _run_started(checkpoint: Path) -> float:
-    """When the run holding `checkpoint` (…/RUN/checkpoints/x.ckpt) started: Hydra writes RUN/.hydra/ first."""
-    run = checkpoint.parent.parent
-    marker = run / ".hydra" / "config.yaml"
-    return (marker if marker.exists() else checkpoint.parent).stat().st_mtime
+def _run_started(checkpoints: Path) -> float:
+    """When the run holding the `checkpoints` folder (…/RUN/checkpoints) started: Hydra writes RUN/.hydra/
+    first; without it, the folder's own time."""
+    marker = checkpoints.parent / ".hydra" / "config.yaml"
+    return (marker if marker.exists() else checkpoints).stat().st_mtime
 
 
 def resolve_checkpoint_path(value: str, project_root: Path) -> Path:
@@ -124,8 +130,6 @@ def resolve_checkpoint_path(value: str, project_root: Path) -> Path:
     if value not in ("best", "last"):
         return Path(value).expanduser()
     pattern, names = ("best-epoch*.ckpt", ()) if value == "best" else ("*.ckpt", ("last.ckpt",))
-    newest_checkpoint(project_root, names=names, pattern=pattern)  # raises, naming the folders, when none exists
-    folders = [project_root / "outputs", project_root / "multirun"]
-    found = [p for folder in folders for p in folder.glob(f"**/checkpoints/{pattern}") if not names or p.name in names]
-    run = max({p.parent for p in found}, key=lambda folder: _run_started(next(folder.glob(pattern))))
+    found = _run_checkpoints(project_root, names, pattern)
+    run = max({p.parent for p in found}, key=_run_started)
     return max((p for p in found if p.parent == run), key=lambda p: p.stat().st_mtime)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pneumo.evaluation.metrics import binary_metrics, confusion_counts
-from pneumo.evaluation.plots import (_to_nhwc, gallery_figure, plot_confusion, plot_gallery, plot_pr, plot_reliability,
-                                     plot_roc, plot_score_histogram, score_histogram_figure)
+from pneumo.evaluation.plots import (gallery_figure, plot_confusion, plot_gallery, plot_pr, plot_reliability,
+                                     plot_roc, plot_score_histogram, score_histogram_figure, to_nhwc)
 from pneumo.evaluation.report import pick_examples
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -130,7 +130,7 @@ def test_histogram_counts_have_whole_number_ticks() -> None:
 
 def test_to_nhwc_layouts() -> None:
     chw = _images(2, "chw")
-    assert _to_nhwc(chw).shape == (2, 32, 32, 3)
-    assert np.array_equal(_to_nhwc(chw)[1, 5, 7], chw[1, :, 5, 7])
-    assert _to_nhwc(_images(2, "hwc")).shape == (2, 32, 32, 3)
-    assert _to_nhwc(_images(2, "hw")).shape == (2, 32, 32)
+    assert to_nhwc(chw).shape == (2, 32, 32, 3)
+    assert np.array_equal(to_nhwc(chw)[1, 5, 7], chw[1, :, 5, 7])
+    assert to_nhwc(_images(2, "hwc")).shape == (2, 32, 32, 3)
+    assert to_nhwc(_images(2, "hw")).shape == (2, 32, 32)
