@@ -88,3 +88,34 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     yield server
     server.stop()
+
+
+# The demo set at test scale, as the entry-point tests write it on the command line.
+TINY_DATA = ["data=synthetic", "data.synthetic.n_train=80", "data.synthetic.n_test=40",
+             "data.synthetic.min_side=512", "data.synthetic.max_side=640", "data.image_size=64"]
+
+
+class TrainedRun:
+    """A finished `train.py` run in its own folder: `folder`, its MLflow store (`tracking_uri`),
+    `run_id`, the run folder (`run_dir`) and the best checkpoint (`best`, the full local one)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.tracking_uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+        self.run_dir = folder / "run"
+        [self.best] = sorted((self.run_dir / "checkpoints").glob("best*.ckpt"))
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(self.tracking_uri).get_experiment_by_name("pneumo")
+        [run] = MlflowClient(self.tracking_uri).search_runs([experiment.experiment_id])
+        self.run_id = run.info.run_id
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One 2-epoch baseline run on the tiny demo set, shared by every test that only reads it (deploy,
+    app): copy `best` before changing anything."""
+    folder = tmp_path_factory.mktemp("trained_run")
+    result = run_entry_point("train.py", *TINY_DATA, "trainer.max_epochs=2", *isolated_overrides(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return TrainedRun(folder)

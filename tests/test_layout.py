@@ -14,10 +14,13 @@ ALLOWED = {
     "models": {"config", "paths"},
     "evaluation": {"config", "paths", "data", "models", "tracking"},
     "tracking": {"config", "paths", "data"},
-    "training": {"config", "paths", "data", "models", "evaluation", "tracking", "audit"},
+    "training": {"config", "paths", "data", "models", "evaluation", "tracking", "audit", "deploy", "search"},
     "audit": {"config", "paths", "command_line", "data", "evaluation", "tracking"},
     "demo": {"paths"},
-    "bench": {"paths", "data", "models", "training", "demo", "evaluation"},
+    "bench": {"paths", "data", "models", "training", "demo", "evaluation", "deploy"},
+    "deploy": {"config", "paths", "data", "models", "evaluation", "tracking"},
+    "app": {"config", "paths", "command_line", "data", "models", "evaluation", "tracking", "deploy"},
+    "search": {"config", "paths", "tracking"},
 }
 
 

@@ -19,15 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo.config import PROJECT_ROOT
 from pneumo.data.labels import CLASS_NAMES
 from pneumo.evaluation import report as report_pages
-from pneumo.evaluation.calibration import apply_temperature, calibration_report, checkpoint_temperature
+from pneumo.evaluation.calibration import apply_temperature, calibration_report
 from pneumo.evaluation.definedness import json_safe
 from pneumo.evaluation.gradcam import images_of, write_gradcam
 from pneumo.evaluation.metrics import clinical_report, defined_metrics, undefined_reasons
 from pneumo.evaluation.predict import predict_folder, predict_logits, write_predictions
 from pneumo.evaluation.report_text import format_table
 from pneumo.evaluation.report_html import write_html
-from pneumo.models.checkpoints import load_checkpoint, load_weights, resolve_checkpoint_path
-from pneumo.models.factory import build_module
+from pneumo.evaluation.trained import load_trained
+from pneumo.models.checkpoints import resolve_checkpoint_path
 from pneumo.tracking import logger as tracking
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if str(cfg.ckpt) in ("best", "last"):
         print(f"ckpt={cfg.ckpt}: {ckpt}")
     cfg.ckpt = str(ckpt)
-    checkpoint = load_checkpoint(ckpt)
-    train_cfg = OmegaConf.create(checkpoint["pneumo"]["config"])
-    module = build_module(train_cfg, train=False)
-    load_weights(module, checkpoint, ckpt)
-    module.eval()
-    threshold = dict(checkpoint["pneumo"].get("threshold") or {"policy": "fixed", "value": 0.5})
-    calibration = dict(checkpoint["pneumo"].get("calibration") or {"method": "none"})  # older checkpoints: T = 1
-    temperature = checkpoint_temperature(checkpoint["pneumo"])
-    module.set_temperature(temperature)  # Grad-CAM titles and any predict_step agree with predictions.csv
+    trained = load_trained(ckpt)
+    checkpoint, train_cfg, module = trained.checkpoint, trained.train_config, trained.module
+    threshold, calibration, temperature = trained.threshold, trained.calibration, trained.temperature
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,

@@ -1,0 +1,79 @@
+"""A trained model as everything downstream of training uses it: evaluate.py, bulk prediction, the ONNX
+export, the registry's promotion and the review page all load a checkpoint through `load_trained`, so
+they agree on the weights, the operating threshold and the temperature."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.evaluation.calibration import checkpoint_temperature
+from pneumo.models.checkpoints import load_checkpoint, load_weights
+from pneumo.models.factory import build_module
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model in eval mode on the CPU, with what it was trained with.
+
+    ``threshold``: {"policy": str, "value": float}, the operating threshold chosen on validation (0.5 for
+    checkpoints without one). ``calibration``: the stored record ({"method": "none"} without one).
+    ``temperature``: T > 0 of sigmoid(logit / T) (1.0 when uncalibrated). ``image_size`` (pixels a side)
+    and ``channels`` (1 or 3): the input the model was trained on. ``train_run_id``: the training run's
+    MLflow run id, or None.
+    """
+
+    module: Any
+    path: Path
+    checkpoint: dict[str, Any]
+    train_config: DictConfig
+    threshold: dict[str, Any]
+    calibration: dict[str, Any]
+    temperature: float
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_config.data.image_size)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_config.data.channels)
+
+    @property
+    def train_run_id(self) -> str | None:
+        return (self.checkpoint["pneumo"].get("mlflow") or {}).get("run_id")
+
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """P(pneumonia) for uint8 images (N, C, H, W) as `pneumo.data.readers.read_image` decodes and the
+        data module resizes them: the module's own preprocessing, then sigmoid(logit / T). float64 (N,)."""
+        batch = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        with torch.no_grad():
+            x = self.module.preprocess(batch.to(torch.uint8), train=False)
+            logits = self.module.model(x).float().reshape(-1)
+        return torch.sigmoid(logits / self.temperature).double().numpy()
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Rebuild a checkpoint's model (strict weight load) with its threshold and temperature.
+
+    Raises:
+        pneumo.models.checkpoints.CheckpointError: the file is missing, unreadable, not a pneumo checkpoint,
+            or its weights do not fit the architecture its config describes.
+    """
+    path = Path(path).expanduser()
+    checkpoint = load_checkpoint(path)
+    train_config = OmegaConf.create(checkpoint["pneumo"]["config"])
+    module = build_module(train_config, train=False)
+    load_weights(module, checkpoint, path)
+    module.eval()
+    temperature = checkpoint_temperature(checkpoint["pneumo"])
+    module.set_temperature(temperature)  # Grad-CAM titles and any predict_step agree with the probabilities
+    return TrainedModel(
+        module=module, path=path, checkpoint=checkpoint, train_config=train_config,
+        threshold=dict(checkpoint["pneumo"].get("threshold") or {"policy": "fixed", "value": 0.5}),
+        calibration=dict(checkpoint["pneumo"].get("calibration") or {"method": "none"}),  # older: T = 1
+        temperature=temperature)
