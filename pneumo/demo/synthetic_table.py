@@ -13,6 +13,10 @@ The pictures are those of `pneumo.demo.synthetic` (drawn by `pneumo.demo.render`
 Kaggle-style synthetic folders can classify these. What the table adds is DICOM variety that real
 exports have, cycled over the images so every kind is present: MONOCHROME1 (inverted storage),
 12-bit values with Rescale Slope/Intercept, Window Center/Width, and JPEG Baseline compression.
+Headers carry the attributes subgroup results read (`pneumo.data.attributes`): PatientSex (M, F, some
+missing), PatientAge as DICOM Age Strings ("045Y"; infants in "006M", "002W", "003D"; some missing, a few
+over 120 years, the kind of error NIH's table holds) and ViewPosition (PA, AP), drawn from their own seed
+stream so ids, labels and pictures are those of earlier versions.
 Stored values are chosen so that decoding (`pneumo.data.dicom_reader`) gives back the rendered picture: exactly
 for the uncompressed kinds, within JPEG error for the compressed one. The boxes are plausible
 lung-zone boxes drawn per positive image, not traced from its opacities; only Target labels images.
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 # Bump whenever rendering, encodings or naming change, so cached tables get rewritten.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER_NAME = ".synthetic_table.json"
 _INCOMPLETE_NAME = ".synthetic_table.incomplete"
 _FOLDER = WrittenOnce(MARKER_NAME, _INCOMPLETE_NAME, "synthetic table")
@@ -69,6 +73,9 @@ _JPEG_QUALITY = 95
 # Seed stream tags: distinct from pneumo.demo.synthetic's (1 plan, 2 images), so no picture is shared.
 _PLAN_STREAM = 3
 _IMAGE_STREAM = 4
+_ATTRIBUTE_STREAM = 5
+# Shares of images without PatientSex / PatientAge, and with an impossible age (> 120 years).
+_NO_SEX, _NO_AGE, _BAD_AGE = 0.08, 0.06, 0.03
 # 12-bit windowed storage: stored = 8 * display + offset, so the window covers 0..2040 + offset.
 _WINDOW_STEP, _WINDOW_OFFSET = 8, 512
 _TWELVE_BIT_MAX = 4095
@@ -108,6 +115,8 @@ class TableImage:
     pneumonia: bool
     encoding: Encoding
     image_seed: tuple[int, ...]
+    sex: str | None = None  # PatientSex: "M", "F", or None (absent)
+    age: str | None = None  # PatientAge, a DICOM Age String ("045Y", "006M", ...), or None (absent)
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,31 @@ def plan_table(seed: int = 0, n_images: int = 240) -> list[TableImage]:
     positives = set(rng.choice(n_images, int(round(n_images * _POSITIVE_FRACTION)), replace=False).tolist())
     if len(set(ids)) != n_images:  # 122 random bits: never in practice, but a clash would merge two images
         raise RuntimeError(f"patientId collision for seed={seed}; use another seed")
-    return [TableImage(i, ids[i], i in positives, ENCODINGS[i % len(ENCODINGS)], (seed, _IMAGE_STREAM, i))
-            for i in range(n_images)]
+    people = _demographics(seed, n_images)
+    return [TableImage(i, ids[i], i in positives, ENCODINGS[i % len(ENCODINGS)], (seed, _IMAGE_STREAM, i),
+                       *people[i]) for i in range(n_images)]
+
+
+def _demographics(seed: int, n_images: int) -> list[tuple[str | None, str | None]]:
+    """(PatientSex, PatientAge) per image from their own stream: ages 0-95 years, written as DICOM Age
+    Strings in the unit a modality would use (days, weeks, months under 2 years), some absent or wrong."""
+    rng = np.random.default_rng([seed, _ATTRIBUTE_STREAM])
+    people = []
+    for _ in range(n_images):
+        sex = None if rng.random() < _NO_SEX else str(rng.choice(["F", "M"]))
+        draw, years = rng.random(), float(rng.uniform(0, 96))
+        if draw < _NO_AGE:
+            age = None
+        elif draw < _NO_AGE + _BAD_AGE:
+            age = f"{int(rng.integers(121, 999)):03d}Y"
+        elif years < 2:
+            days = years * 365.25
+            age = (f"{int(days):03d}D" if days < 28 else f"{int(days // 7):03d}W" if days < 112
+                   else f"{int(years * 12):03d}M")
+        else:
+            age = f"{int(years):03d}Y"
+        people.append((sex, age))
+    return people
 
 
 def render_picture(image: TableImage, min_side: int, max_side: int) -> np.ndarray:
@@ -219,6 +251,10 @@ def _dataset(image: TableImage, picture: np.ndarray) -> Dataset:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid["study"], uid["series"]
     ds.PatientID = ds.PatientName = image.patient_id
     ds.Modality, ds.ConversionType, ds.BodyPartExamined = "CR", "WSD", "CHEST"
+    if image.sex is not None:
+        ds.PatientSex = image.sex
+    if image.age is not None:
+        ds.PatientAge = image.age
     ds.ViewPosition = "PA" if image.index % 2 else "AP"
     ds.SeriesDescription = f"view: {ds.ViewPosition}"
     ds.ImageComments = f"synthetic table image {image.index}: {encoding.name}"

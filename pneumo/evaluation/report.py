@@ -22,6 +22,7 @@ FIGURES = {
     "score_histogram.png": "Scores per class, with the threshold",
     "gallery.png": "Most confident correct predictions and most confident errors",
     "gradcam.png": "Grad-CAM: where the evidence for the predicted class lies",
+    "subgroups.png": "Subgroups: sensitivity, specificity and AUROC per group with 95% CIs (dashed: overall)",
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pneumo.evaluation.subgroups import subgroup_table_lines
+
 TABLE_ROWS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
               ("sensitivity", "Sensitivity (recall)"), ("specificity", "Specificity"),
               ("ppv", "Precision (PPV)"), ("npv", "NPV"), ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"),
@@ -71,6 +73,7 @@ def format_table(report: dict[str, Any]) -> str:
     if left_out:
         lines += ["", "Figures left out: " + "; ".join(f"{name} ({reason})" for name, reason in left_out.items())]
     lines += comparison_lines(report)
+    lines += subgroup_table_lines(report)
     return "\n".join(lines)
 
 

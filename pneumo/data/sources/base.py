@@ -116,6 +116,11 @@ class DataSource(ABC):
         """Source-specific entries of `describe()` (a table's label rule and counts)."""
         return {}
 
+    def attributes(self, files: Sequence[str]) -> dict[str, list[str | None]]:
+        """Raw per-image attributes (sex, age, view: `pneumo.data.attributes`) of `files`, for subgroup
+        results: {attribute: [value or None per file]}; {} when the source has none (the default)."""
+        return {}
+
 
 def plain(value: Any) -> Any:
     """Mappings and lists (OmegaConf's DictConfig/ListConfig included) as plain dicts and lists, so a

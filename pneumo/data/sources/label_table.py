@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from pneumo.data.attributes import attribute_map, read_attributes
 from pneumo.data.os_metadata import metadata_reason
 from pneumo.data.sources.base import CARVE, DataSource, Listing, plain
 from pneumo.data.tables import HOW_TO_GET_TABLES, TableRecords, read_table
@@ -29,9 +30,11 @@ class LabelTable(DataSource):
         synthetic_table: the demo variant: parameters of `pneumo.demo.synthetic_table.ensure_synthetic_table`,
             which writes the built-in DICOM table next to `csv` first; None for real data.
         name: the data set's name; default the CSV's folder name.
+        attributes: data.attributes, where each image's sex, age and view are read for subgroup results
+            ({from: table | dicom, sex: COLUMN or KEYWORD, ...}, see `pneumo.data.attributes`); None: none.
 
     Raises:
-        ValueError: evaluate_split is not test or all.
+        ValueError: evaluate_split is not test or all, or data.attributes is malformed.
     """
 
     has_own_val = False
@@ -39,7 +42,8 @@ class LabelTable(DataSource):
     def __init__(self, csv: str | Path, image_dir: str | Path, id_column: str, label: Mapping[str, Any],
                  file_template: str = "{id}", patient_column: str | None = None,
                  official_split: Mapping[str, str | None] | None = None, evaluate_split: str = "test",
-                 synthetic_table: Mapping[str, Any] | None = None, name: str | None = None) -> None:
+                 synthetic_table: Mapping[str, Any] | None = None, name: str | None = None,
+                 attributes: Mapping[str, Any] | None = None) -> None:
         if evaluate_split not in EVALUATE_SPLITS:
             raise ValueError(f"data.evaluate_split={evaluate_split!r}: choose 'test' (the held-out split) or "
                              f"'all' (every labelled image: external validation of a model trained elsewhere)")
@@ -52,6 +56,7 @@ class LabelTable(DataSource):
         self.official_split = plain(official_split) if official_split else None
         self.evaluate_split = evaluate_split
         self.synthetic_table = plain(synthetic_table) if synthetic_table else None
+        self.attribute_map = attribute_map(plain(attributes) if attributes else None)
         self.advice = ("Check data.label, data.file_template and data.official_split (official lists must name "
                        "this set's files; data.official_split=null splits by data.test_fraction). " + HOW_TO_GET_TABLES)
         self._records: TableRecords | None = None
@@ -110,6 +115,11 @@ class LabelTable(DataSource):
 
     def test_split(self) -> str | None:
         return "official lists" if self.table().official is not None else None
+
+    def attributes(self, files: Sequence[str]) -> dict[str, list[str | None]]:
+        """data.attributes' columns of the CSV, or header fields of the DICOM files, per file."""
+        return read_attributes(self.attribute_map, files, csv_path=self.csv, image_dir=self.root,
+                               id_column=self.id_column, file_template=self.file_template)
 
     def facts(self) -> dict[str, Any]:
         report = self.table().report
