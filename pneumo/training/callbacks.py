@@ -150,6 +150,72 @@ class SaveOnInterrupt(L.Callback):
             print(f"\ninterrupted: saved {self.path}; continue with resume={self.path}", flush=True)
 
 
+class TrialReporter(L.Callback):
+    """The training side of an Optuna trial (`python train.py hparams_search=optuna`, pneumo.search).
+
+    After every validation epoch the objective (`monitor`, e.g. val/auroc) goes to the trial as its
+    intermediate value at step = epoch. When the pruner says stop, training ends with that epoch (its
+    checkpoints are written as usual) and `optuna.TrialPruned` is raised: the MLflow run gets the tag
+    optuna.state=PRUNED and run_training ends it KILLED; the sweeper records the trial as PRUNED.
+    Under DDP rank 0 reports and its decision is broadcast to all ranks.
+    """
+
+    def __init__(self, context: Any, trial_number: int, monitor: str) -> None:
+        self.context, self.trial_number, self.monitor = context, trial_number, monitor
+        self.link: Any = None
+        self.pruned: tuple[int, float] | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from pneumo.search.context import TrialLink
+
+        self.link = TrialLink(self.context, self.trial_number)
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                self.link.record_run(logger.run_id)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        stop = False
+        if self.link is not None and value is not None:
+            stop = self.link.report(float(value), trainer.current_epoch)
+        if trainer.strategy.broadcast(stop, src=0):
+            self.pruned = (trainer.current_epoch, float(value) if value is not None else float("nan"))
+            trainer.should_stop = True  # ends after this epoch's hooks, so its checkpoint is saved
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pruned is None:
+            return
+        import optuna
+
+        from pneumo.search.context import STATE_TAG
+        from pneumo.tracking.logger import set_tag
+
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger) and trainer.is_global_zero:
+                set_tag(logger, STATE_TAG, "PRUNED")
+        epoch, value = self.pruned
+        raise optuna.TrialPruned(f"trial {self.trial_number} pruned after epoch {epoch}: {self.monitor} "
+                                 f"{value:.4f} lags the other trials at that epoch")
+
+
+def trial_reporter(cfg: DictConfig) -> TrialReporter | None:
+    """The TrialReporter of a job that is a trial of an Optuna search (its config has the hidden key
+    optuna.trial_number and its process the search's address), else None."""
+    from pneumo.search.context import SearchContext, trial_number
+
+    context, number = SearchContext.current(), trial_number(cfg)
+    if context is None or number is None:
+        return None
+    return TrialReporter(context, number, str(cfg.get("objective", context.objective)))
+
+
 def build_callbacks(cfg: DictConfig) -> list[Any]:
-    """Every non-null entry of the `callbacks` group (set one to null to switch it off)."""
-    return [instantiate(entry) for entry in (cfg.get("callbacks") or {}).values() if entry is not None]
+    """Every non-null entry of the `callbacks` group (set one to null to switch it off), plus the trial
+    reporter when the run is a trial of an Optuna search."""
+    callbacks = [instantiate(entry) for entry in (cfg.get("callbacks") or {}).values() if entry is not None]
+    reporter = trial_reporter(cfg)
+    return callbacks + [reporter] if reporter is not None else callbacks

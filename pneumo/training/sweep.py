@@ -29,7 +29,8 @@ def sweep_keys(overrides: list[str]) -> list[str]:
 class SweepSummary(Callback):
     """Before a multirun: a sweep id every job tags its MLflow run with (jobs inherit the environment,
     also under the joblib launcher). After it: the sweep's runs, sorted by the objective, printed and
-    logged to MLflow as a summary run."""
+    logged to MLflow as a summary run; after an Optuna search (hparams_search=...), nothing: the search
+    reports on its whole study itself (pneumo.search)."""
 
     def __init__(self, objective: str = "val/auroc", mode: str = "max") -> None:
         self.objective, self.descending = objective, mode == "max"
@@ -41,9 +42,13 @@ class SweepSummary(Callback):
         log.info("sweep %s: every run carries the MLflow tag %s=%s", sweep_id, SWEEP_TAG, sweep_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from pneumo.search.context import SEARCH_ENV
+
         sweep_id = os.environ.get(SWEEP_ID_ENV)
         if not sweep_id or not config.get("logger"):
             return
+        if os.environ.get(SEARCH_ENV):  # an Optuna search: its sweeper printed the study's table and filled
+            return                      # the study's MLflow parent run, which spans resumed sweeps too
         from mlflow import MlflowClient
 
         from pneumo.tracking.logger import ui_hint

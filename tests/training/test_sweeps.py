@@ -50,7 +50,10 @@ def test_four_parallel_joblib_jobs_share_one_sqlite_store(tmp_path):
     for run in jobs:
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2
-        assert all("=" not in a.path for a in client.list_artifacts(run.info.run_id, "checkpoints"))
+        # mlflow_model=true: the best weights are stored once, as the MLflow model's artifact
+        [weights] = [a.path for a in client.list_artifacts(run.info.run_id, "model/artifacts")
+                     if a.path.endswith(".ckpt")]
+        assert "=" not in weights and "best-epoch" in weights, weights
     assert [a.path for a in client.list_artifacts(summary.info.run_id)] == ["sweep_summary.md"]
     assert summary.data.metrics == {}  # no one-bar charts above the training runs' in the charts view
     best = max(jobs, key=lambda r: r.data.metrics["val/auroc"])
@@ -59,25 +62,7 @@ def test_four_parallel_joblib_jobs_share_one_sqlite_store(tmp_path):
     assert "sorted by val/auroc" in result.stdout
 
 
-@pytest.mark.slow
-def test_optuna_search_runs_trials_as_mlflow_runs_and_reports_the_best(tmp_path):
-    result = run_entry_point(
-        "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "data=synthetic",
-        "data.synthetic.n_train=80", "data.synthetic.n_test=40", "data.synthetic.min_side=512",
-        "data.synthetic.max_side=600", "data.image_size=32", "trainer.max_epochs=1", "mlflow_model=false",
-        f"cache_dir={tmp_path}/cache", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"logger.artifact_location=file://{tmp_path}/art", f"hydra.sweep.dir={tmp_path}/multirun")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
-            if r.data.tags.get("pneumo.kind") != "sweep_summary"]
-    assert len(runs) == 3 and len({r.data.tags[SWEEP_TAG] for r in runs}) == 1
-    lrs = {float(r.data.params["optim.lr"]) for r in runs}
-    assert len(lrs) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)  # sampled from the search space
-    assert all("optim.lr=" in r.info.run_name for r in runs)
-    best = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
-    best_auroc = max(r.data.metrics["val/auroc"] for r in runs)
-    assert f"best_value: {best_auroc}"[:18] in best
+# The Optuna search (hparams_search=optuna) is tested in tests/search/.
 
 
 def test_launcher_configs_compose():
