@@ -10,6 +10,11 @@ from pneumo.config import CONFIG_DIR
 def main(cfg: DictConfig) -> None:
     """Hydra's app: the report (or predictions) for the checkpoint the config names."""
     # torch, Lightning and MLflow: imported only once the command line has passed the check
+    if cfg.get("predict_dir"):  # a folder of any size, streamed, on PyTorch or ONNX Runtime (runtime=)
+        from pneumo.deploy.bulk import run_bulk_prediction
+
+        run_bulk_prediction(cfg)
+        return
     from pneumo.evaluation.run import run_evaluation
 
     run_evaluation(cfg)

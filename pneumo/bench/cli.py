@@ -1,7 +1,7 @@
 """The command line of ``python -m pneumo.bench``: the options, their checks, and the one JSON line on stdout.
 
 Without ``--table`` it runs the folder bench (`pneumo.bench.folder`), with it the table bench
-(`pneumo.bench.table`). Everything else the run writes, Lightning's chatter and the children's output
+(`pneumo.bench.table`), with ``--predict N`` the bulk-prediction bench (`pneumo.bench.predict`). Everything else the run writes, Lightning's chatter and the children's output
 included, goes to stderr. Mistakes on the command line (an unknown model, a missing data folder) end the
 run with one message and no traceback.
 """
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup", type=_positive(int), nargs="?", const=3, default=None, metavar="REPEATS",
                         help="instead: time to the first message of a mistaken command line (train.py, evaluate.py) "
                              "and to the first training step, median of REPEATS runs (default 3)")
+    predict = parser.add_argument_group("bulk prediction (pneumo.bench.predict)")
+    predict.add_argument("--predict", type=_positive(int, 1), nargs="?", const=10000, default=None, metavar="N",
+                         help="instead: bulk prediction over N synthetic 1-3 megapixel JPEGs (default 10000; written "
+                              "once, or --data-root's images): img/s of PyTorch and ONNX Runtime against the "
+                              "parallel decode rate and each runtime's inference ceiling (--batch-size, --workers, "
+                              "--model, --ceiling-seconds apply)")
     table = parser.add_argument_group("NIH-scale table set (pneumo.data.table_datamodule.TableDataModule)")
     table.add_argument("--table", type=_positive(int, 40), default=None, metavar="N",
                        help="bench an NIH ChestX-ray14-layout set of N images (Data_Entry_2017.csv, official "
@@ -101,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     --image-size (the model config's when not given)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.predict is not None and (args.table is not None or args.startup is not None):
+        parser.error("--predict runs a bench of its own: leave out --table and --startup")
     if args.table is not None:
         if args.cache == "memory":
             parser.error("--table measures the memory-mapped disk cache (the laptop case): leave --cache out")
@@ -139,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return startup_main(["--repeats", str(args.startup)])
     run, keys = (run_table_bench, TABLE_RESULT_KEYS) if args.table is not None else (run_bench, RESULT_KEYS)
+    if args.predict is not None:  # imported here: ONNX Runtime only for this bench
+        from pneumo.bench.predict import PREDICT_RESULT_KEYS, run_predict_bench
+
+        run, keys = run_predict_bench, PREDICT_RESULT_KEYS
     with stdout_to_stderr():
         try:
             result = run(args)

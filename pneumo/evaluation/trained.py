@@ -1,6 +1,11 @@
 """A trained model as everything downstream of training uses it: evaluate.py, bulk prediction, the ONNX
 export, the registry's promotion and the review page all load a checkpoint through `load_trained`, so
-they agree on the weights, the operating threshold and the temperature."""
+they agree on the weights, the operating threshold and the temperature.
+
+`probability_tensor` is the one place the probability is computed, sigmoid(model(preprocess(x)) / T): the
+PyTorch scorers (`TrainedModel.probabilities`, `pneumo.evaluation.predict.torch_scorer`, the benchmark's
+model) call it, and the ONNX export traces it into its graph. Hydra (`pneumo.models.factory`) is imported
+only when a checkpoint is loaded, so the benchmark can import this module."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumo.evaluation.calibration import checkpoint_temperature
 from pneumo.models.checkpoints import load_checkpoint, load_weights
-from pneumo.models.factory import build_module
+
+
+def probability_tensor(module: Any, images_uint8: torch.Tensor, temperature: float) -> torch.Tensor:
+    """P(pneumonia), float32 (N,), for uint8 images (N, C, H, W) on `module`'s device: the module's
+    `preprocess(train=False)`, its `model`, then sigmoid(logit / temperature).
+
+    No gradient handling here (the caller wraps it in `torch.no_grad()`; the ONNX export traces it)."""
+    x = module.preprocess(images_uint8, train=False)
+    return torch.sigmoid(module.model(x).float().reshape(-1) / temperature)
 
 
 @dataclass
@@ -37,14 +50,17 @@ class TrainedModel:
 
     @property
     def image_size(self) -> int:
+        """Pixels a side of the images the model was trained on."""
         return int(self.train_config.data.image_size)
 
     @property
     def channels(self) -> int:
+        """Channels (1 or 3) of the images the model was trained on."""
         return int(self.train_config.data.channels)
 
     @property
     def train_run_id(self) -> str | None:
+        """The training run's MLflow run id, or None (trained with logger=none, or imported)."""
         return (self.checkpoint["pneumo"].get("mlflow") or {}).get("run_id")
 
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -52,9 +68,7 @@ class TrainedModel:
         data module resizes them: the module's own preprocessing, then sigmoid(logit / T). float64 (N,)."""
         batch = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         with torch.no_grad():
-            x = self.module.preprocess(batch.to(torch.uint8), train=False)
-            logits = self.module.model(x).float().reshape(-1)
-        return torch.sigmoid(logits / self.temperature).double().numpy()
+            return probability_tensor(self.module, batch.to(torch.uint8), self.temperature).double().numpy()
 
 
 def load_trained(path: str | Path) -> TrainedModel:
@@ -64,6 +78,8 @@ def load_trained(path: str | Path) -> TrainedModel:
         pneumo.models.checkpoints.CheckpointError: the file is missing, unreadable, not a pneumo checkpoint,
             or its weights do not fit the architecture its config describes.
     """
+    from pneumo.models.factory import build_module  # Hydra: only when a checkpoint is rebuilt
+
     path = Path(path).expanduser()
     checkpoint = load_checkpoint(path)
     train_config = OmegaConf.create(checkpoint["pneumo"]["config"])

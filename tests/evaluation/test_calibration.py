@@ -135,18 +135,7 @@ def test_module_fits_t_on_validation_logits_and_chooses_the_threshold_on_calibra
         PneumoniaClassifier(SeedCNN(32), optimizer=None, calibration="platt")
 
 
-def test_served_model_divides_the_logits_by_the_temperature():
-    from pneumo.models.seed_cnn import SeedCNN
-    from pneumo.tracking.serving import ServingModel
-    from pneumo.training.module import PneumoniaClassifier
-
-    module = PneumoniaClassifier(SeedCNN(32), optimizer=None, channels_last=False).eval()
-    images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
-    with torch.no_grad():
-        logits = module(module.preprocess(images, train=False)).float()
-    torch.testing.assert_close(ServingModel(module, 2.5)(images), torch.sigmoid(logits / 2.5))
-    module.set_temperature(3.0)
-    torch.testing.assert_close(ServingModel(module)(images), torch.sigmoid(logits / 3.0))
+# The served model's sigmoid(logit / T): tests/deploy/test_mlflow_model.py (the pyfunc model on a trained run).
 
 
 def test_reliability_diagram_draws_before_and_after(tmp_path):

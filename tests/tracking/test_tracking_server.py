@@ -36,10 +36,13 @@ def test_training_against_a_real_server_is_read_back_whole(tmp_path, mlflow_serv
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == sorted(
             {m.step for m in client.get_metric_history(run.info.run_id, key)}) and len(
             client.get_metric_history(run.info.run_id, key)) == EPOCHS
-    [checkpoint] = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]  # the best, weights only
-    assert "best-epoch" in checkpoint
-    downloaded = client.download_artifacts(run.info.run_id, checkpoint, str(tmp_path / "dl"))
-    assert Path(downloaded).stat().st_size > 1_000_000  # the weights travelled through the server
+    # the best weights, once: the MLflow model's artifact (not repeated under checkpoints/)
+    assert client.list_artifacts(run.info.run_id, "checkpoints") == []
+    from pneumo.tracking.registry import resolve_model_checkpoint
+
+    downloaded = resolve_model_checkpoint(f"runs:/{run.info.run_id}/model", mlflow_server.uri, tmp_path / "dl")
+    assert "best-epoch" in downloaded.name
+    assert downloaded.stat().st_size > 1_000_000  # the weights travelled through the server
     assert not (tmp_path / "local.db").exists()
 
 
