@@ -15,15 +15,19 @@ import difflib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from pneumo.config import CONFIG_DIR, flatten
+from pneumo.data.attributes import subgroups_problem
 from pneumo.config_schema import (
     PATHS,
     SCHEMA,
+    SWEEPER,
     missing_problem,
+    runtime_problem,
     path_problem,
     value_problem,
 )
@@ -35,23 +39,28 @@ Composer = Callable[[str, list], DictConfig]
 
 
 @contextmanager
-def composer() -> Iterator[Composer]:
-    """Hydra's compose API over conf/: yields compose(config_name, overrides) -> config with its hydra node."""
-    from hydra import compose, initialize_config_dir
+def composer(config_dir: Path | None = CONFIG_DIR) -> Iterator[Composer]:
+    """Hydra's compose API over conf/: yields compose(config_name, overrides) -> config with its hydra node.
+
+    `config_dir=None` composes from Hydra's config store alone (the review page's config, registered by
+    `pneumo.app.settings`, whose `model` key would read as conf/'s model group)."""
+    from hydra import compose, initialize, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with (initialize_config_dir(config_dir=str(config_dir), version_base="1.3") if config_dir is not None
+              else initialize(version_base="1.3", config_path=None)):
             yield lambda name, overrides: compose(config_name=name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()  # @hydra.main initialises its own
 
 
-def exit_on_mistakes(config_name: str, argv: Sequence[str] | None = None) -> None:
-    """Entry points call this first: a mistaken command line ends the program with one message, exit code 2."""
+def exit_on_mistakes(config_name: str, argv: Sequence[str] | None = None, config_dir: Path | None = CONFIG_DIR) -> None:
+    """Entry points call this first: a mistaken command line ends the program with one message, exit code 2.
+    `config_dir`: as in `composer`."""
     try:
-        message = command_line_problem(config_name, sys.argv[1:] if argv is None else argv)
+        message = command_line_problem(config_name, sys.argv[1:] if argv is None else argv, config_dir)
     except Exception as error:  # a case this check does not know: Hydra, which composes next, reports it in full
         print(f"(the command-line check was skipped: {type(error).__name__}: {error})", file=sys.stderr)
         return
@@ -60,7 +69,7 @@ def exit_on_mistakes(config_name: str, argv: Sequence[str] | None = None) -> Non
         raise SystemExit(2)
 
 
-def command_line_problem(config_name: str, argv: Sequence[str]) -> str | None:
+def command_line_problem(config_name: str, argv: Sequence[str], config_dir: Path | None = CONFIG_DIR) -> str | None:
     """The message for what is wrong with `argv` (the arguments after the script), or None."""
     from hydra._internal.utils import (
         get_args_parser,  # Hydra's own flags (-m, -c, -cn, ...): the same parse
@@ -78,7 +87,7 @@ def command_line_problem(config_name: str, argv: Sequence[str]) -> str | None:
     values = [_concrete(override) for override in parsed]
     base = [lines[0] for lines in values if lines]
     multirun = args.multirun or any(line.replace(" ", "") == "hydra.mode=MULTIRUN" for line in base)
-    with composer() as compose:
+    with composer(config_dir) as compose:
         problem = _check(compose, args.config_name or config_name, parsed, values, base, multirun)
         for index, override in enumerate(parsed):  # each further option of a swept group: its own composition
             for line in values[index][1:] if _is_group(override) else []:
@@ -117,6 +126,8 @@ def _check(compose: Composer, config_name: str, parsed: list, values: list[list[
 
         return _unknown_keys(compose, config_name, OverridesParser.create().parse_overrides(lines)) or _compact(error)
     multirun = multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # hparams_search=optuna sets it
+    # The few hydra.* keys checked (the Optuna sweeper's), while the hydra node is there.
+    sweeper = [value_problem(key, value) for key in SWEEPER if (value := _select(cfg, key)) is not _ABSENT]
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]  # its sweep folder and job number exist only once Hydra runs
     swept = [override for override in parsed if override.is_sweep_override()]
@@ -125,15 +136,40 @@ def _check(compose: Composer, config_name: str, parsed: list, values: list[list[
         return (f"{swept[0].input_line} gives several values, which only a sweep runs: add -m "
                 f"(python {config_name}.py -m ...) for one run per value, write a list as {key}=[a,b], "
                 f"or quote a string: {key}='a,b'")
-    problems = _value_problems(cfg, parsed, values)
+    problems = (sweeper + _value_problems(cfg, parsed, values, config_name)
+                + [_subgroups_problem(cfg, parsed), _runtime_problem(cfg)])
     return "\n".join(dict.fromkeys(problem for problem in problems if problem)) or None
 
 
-def _value_problems(cfg: DictConfig, parsed: list, values: list[list[str]]) -> list[str | None]:
+def _subgroups_problem(cfg: DictConfig, parsed: list) -> str | None:
+    """evaluate.py's subgroups=[...] on data named on the command line, which the data set cannot give (a
+    Kaggle folder has no sex, age or view). Without data= the checkpoint's data config is evaluated, which
+    only the run reads (evaluate.py then says the same, before reading any image)."""
+    subgroups = _select(cfg, "subgroups")
+    named = any(o.input_line.lstrip("+~").startswith("data") for o in parsed if not o.is_hydra_override())
+    if not named or subgroups in (_ABSENT, None, []) or value_problem("subgroups", subgroups):
+        return None
+    data = {key: value for key in ("attributes", "name", "csv", "root")
+            if (value := _select(cfg, f"data.{key}")) is not _ABSENT}
+    return subgroups_problem([subgroups] if isinstance(subgroups, str) else subgroups, data)
+
+
+def _runtime_problem(cfg: DictConfig) -> str | None:
+    """predict_dir's runtime= against the model file and gradcam.on_predict (`config_schema.runtime_problem`)."""
+    runtime, predict_dir = _select(cfg, "runtime"), _select(cfg, "predict_dir")
+    if runtime is _ABSENT or predict_dir in (_ABSENT, None, "???"):
+        return None
+    ckpt = _select(cfg, "ckpt")
+    return runtime_problem(runtime, "" if ckpt in (_ABSENT, None, "???") else str(ckpt),
+                           _select(cfg, "gradcam.on_predict") is True and _select(cfg, "gradcam.n") != 0)
+
+
+def _value_problems(cfg: DictConfig, parsed: list, values: list[list[str]],
+                    config_name: str | None = None) -> list[str | None]:
     """Mandatory values left unset, values the schema refuses (the composed ones, then each further value
     of a swept key) and paths named on the command line that do not exist."""
     missing = {key for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if value == "???"}
-    problems = [missing_problem(key) for key in sorted(missing)]
+    problems = [missing_problem(key, config_name) for key in sorted(missing)]
     app = [override for override in parsed if not override.is_hydra_override()]
     added = tuple(override.key_or_group for override in app if override.is_add())
     named = {override.key_or_group for override in app if not override.is_delete()}

@@ -10,10 +10,13 @@ mandatory value (`???`) left unset. Standard library only.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pneumo.data.attributes import SUBGROUPS  # standard library only, like this module
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,20 @@ ACCELERATOR = choice("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 BATCHES = either(number(0, 1.0, 1), integer(0, 10), example="1.0")  # a fraction of the batches, or a count
 FRACTION = number(0, 0.1, 1, low_open=True, high_open=True)
 IMAGE_SIZE = integer(8, 128)
+# evaluate.py's subgroups=[sex,age_band,view]: a list of known subgroupings (or one of them alone).
+SUBGROUP_LIST = Rule(f"a list of the subgroupings {', '.join(SUBGROUPS)} (or [] for none)",
+                     f"[{','.join(SUBGROUPS)}]", lambda v: (isinstance(v, str) and v in SUBGROUPS) or (
+                         isinstance(v, list) and all(isinstance(x, str) and x in SUBGROUPS for x in v)))
+# A registered model's name as a models:/NAME URI can carry it: no '/', '@' or ':' and not blank.
+REGISTERED_NAME = Rule("a name without '/', '@' or ':'", "pneumo",
+                       lambda v: isinstance(v, str) and v.strip() != "" and not set(v) & set("/@:"))
 
 SCHEMA: dict[str, Rule] = {
     # train.yaml
     "seed": integer(0, 42, maximum=2**32 - 1),
     "mlflow_model": BOOLEAN,
+    "registry.register": BOOLEAN,
+    "registry.name": REGISTERED_NAME,
     "calibration": choice("temperature", "none"),
     "tracking.log_checkpoints": choice("best", "all", "none"),
     "module.threshold_policy": choice("sensitivity", "fixed", "youden"),
@@ -146,6 +158,7 @@ SCHEMA: dict[str, Rule] = {
     "data.dicom.voi": choice("auto", "none"),
     "data.label.rule": choice("column", "findings"),
     "data.label.other": choice("exclude", "negative"),
+    "data.attributes.from": choice("table", "dicom"),
     # optim/, augment/, model/
     "optim.lr": number(0, 0.001, low_open=True),
     "optim.weight_decay": number(0, 0.0),
@@ -166,14 +179,51 @@ SCHEMA: dict[str, Rule] = {
     "gradcam.on_predict": BOOLEAN,
     "bootstrap.resamples": integer(1, 1000),
     "bootstrap.seed": integer(0, 0, maximum=2**32 - 1),
+    "subgroups": SUBGROUP_LIST,
+    "subgroup_min_size": integer(1, 30),
+    "subgroup_min_class": integer(1, 10),
     "precision": PRECISION,
     "accelerator": ACCELERATOR,
+    # predict_dir (evaluate.yaml) and predict.yaml; export.yaml
+    "runtime": choice("auto", "torch", "onnx"),
+    "workers": either(choice("auto"), integer(0, 2), example="auto"),
+    "onnx_threads": integer(0, 0),
+    "format": choice("onnx"),
+    "log_to_mlflow": BOOLEAN,
+    "tracking_uri": Rule("an MLflow tracking URI (sqlite:///PATH/mlflow.db, http://HOST:PORT, ...), or null",
+                         "sqlite:///mlruns/mlflow.db",
+                         lambda v: v is None or (isinstance(v, str) and bool(re.match(r"^[a-z][a-z0-9+.-]*:", v)))),
+    # promote.yaml
+    "name": REGISTERED_NAME,
+    "version": integer(1, 1),
+    "alias": REGISTERED_NAME,
+    "rule": choice("point", "interval"),
+    "margin": number(0, 0.0, 1),
+    "force": BOOLEAN,
     # audit.yaml
     "audit.fail_on": choice("none", "leak"),
     "audit.image_size": IMAGE_SIZE,
     "audit.hash_size": integer(2, 16),
     "audit.near_max_distance": integer(0, 24, maximum=256),
     "audit.samples_per_class": integer(0, 16),
+    # app.yaml (python -m pneumo.app; its `model` is a path or URI: PATHS)
+    "host": Rule("a host name or IP address to listen on (127.0.0.1: this machine only)", "127.0.0.1",
+                 lambda v: isinstance(v, str) and v != "" and not any(c.isspace() or c in "/@" for c in v)),
+    "port": integer(1, 8050, maximum=65535),
+    "max_upload_mb": number(0, 20, low_open=True),
+    "display_size": integer(64, 384, maximum=4096),
+}
+
+
+# The Optuna sweeper's keys (hydra/sweeper=pneumo_optuna, set by hparams_search=optuna): the only hydra.*
+# keys checked; apart from SCHEMA because they exist only in a search's composed config.
+SWEEPER: dict[str, Rule] = {
+    "hydra.sweeper.pruner": choice("median", "hyperband", "none"),
+    "hydra.sweeper.direction": choice("maximize", "minimize"),
+    "hydra.sweeper.n_trials": integer(1, 20),
+    "hydra.sweeper.heartbeat_interval": integer(1, 10),
+    "hydra.sweeper.grace_period": integer(1, 30),
+    "hydra.sweeper.max_failures_in_a_row": integer(1, 3),
 }
 
 
@@ -187,12 +237,17 @@ class PathRule:
     fix: str
     not_paths: tuple[str, ...] = ()
     written_by: tuple[str, ...] = ()
+    uris: bool = False  # also takes an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/...)
 
 
 _DEMO = "or run on the built-in demo set with data=synthetic"
+# The MLflow model URIs a checkpoint key takes (their full check, against the store, is pneumo.tracking.registry's).
+_MODEL_URI = re.compile(r"^(models:/[^/@:]+(@[^/]+|/\d+)|runs:/[0-9a-f]{32}(/.+)?)/?$")
 PATHS: dict[str, PathRule] = {
     "ckpt": PathRule("checkpoint", "file", "pass ckpt=PATH to a .ckpt written by train.py (its run folder's "
-                     "checkpoints/), or ckpt=last / ckpt=best for the newest run's", not_paths=("last", "best")),
+                     "checkpoints/), ckpt=last / ckpt=best for the newest run's, or an MLflow model: "
+                     "ckpt=models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model",
+                     not_paths=("last", "best"), uris=True),
     "resume": PathRule("checkpoint to resume", "file", "pass resume=PATH to a last.ckpt or interrupted.ckpt of "
                        "an earlier run, or resume=last for the newest", not_paths=("last",)),
     "predict_dir": PathRule("folder of images to predict", "folder", "pass predict_dir=FOLDER holding the images"),
@@ -204,17 +259,30 @@ PATHS: dict[str, PathRule] = {
     "data.image_dir": PathRule("image folder", "folder", "pass data.image_dir=FOLDER, where data.file_template's "
                                "files are, or run on the built-in demo table with data=synthetic_table",
                                written_by=("data.synthetic_table",)),
+    "model": PathRule("model file", "file", "pass model=PATH to a .ckpt written by train.py or an .onnx export, or a "
+                      "registered model: model=models:/NAME@ALIAS or models:/NAME/VERSION", uris=True),
 }
 
 MISSING: dict[str, str] = {
-    "ckpt": "evaluate.py needs ckpt=PATH to a .ckpt written by train.py (or ckpt=last)",
+    "predict:ckpt": "python -m pneumo.predict needs ckpt=PATH: a .ckpt written by train.py (or ckpt=last), an "
+                    "MLflow model such as ckpt=models:/pneumo@champion, or a model.onnx from python -m pneumo.export",
+    "predict:predict_dir": "python -m pneumo.predict needs predict_dir=FOLDER, the images to score (searched "
+                           "recursively: JPEG, PNG, DICOM)",
+    "export:ckpt": "python -m pneumo.export needs ckpt=PATH to a .ckpt written by train.py (or ckpt=last / "
+                   "ckpt=best for the newest run's)",
+    "version": "python -m pneumo.promote needs version=N, the registered version to promote (train.py with "
+               "registry.register=true prints it; the MLflow UI's Models page lists them)",
+    "ckpt": "evaluate.py needs ckpt=PATH to a .ckpt written by train.py (or ckpt=last, or an MLflow model "
+            "such as ckpt=models:/pneumo@champion)",
+    "model": "the review page needs model=PATH to a .ckpt or .onnx file, or model=models:/NAME@ALIAS "
+             "(python -m pneumo.app model=outputs/<date>/<time>/checkpoints/best-epoch02.ckpt)",
 }
 
 
 def value_problem(key: str, value: Any, shown: str | None = None) -> str | None:
     """The message for a value `key` may not hold (naming key, value, what is allowed and a fix), or None.
     `shown` is the value as the user typed it, when there is one."""
-    rule = SCHEMA.get(key)
+    rule = SCHEMA.get(key) or SWEEPER.get(key)
     if rule is None or rule.test(value):
         return None
     given = shown if shown is not None else _show(value)
@@ -224,8 +292,12 @@ def value_problem(key: str, value: Any, shown: str | None = None) -> str | None:
 def path_problem(key: str, value: Any) -> str | None:
     """The message for a path in `PATHS` that does not exist (or is a file where a folder is needed), or None."""
     rule = PATHS.get(key)
-    if rule is None or value is None or str(value) in rule.not_paths:
-        return None
+    if rule is None or value is None or isinstance(value, dict) or str(value) in rule.not_paths:
+        return None  # a dict: a config group chosen under the same name (train.py's model=baseline), not a path
+    if rule.uris and str(value).startswith(("models:/", "runs:/")):  # looked up in the store when the run starts
+        return None if _MODEL_URI.match(str(value)) else (
+            f"{key}={value} is not a model URI: write models:/NAME@ALIAS (e.g. models:/pneumo@champion), "
+            f"models:/NAME/VERSION or runs:/RUN_ID/model")
     path = Path(str(value)).expanduser()
     if path.is_file() if rule.kind == "file" else path.is_dir():
         return None
@@ -233,6 +305,21 @@ def path_problem(key: str, value: Any) -> str | None:
     return f"{rule.what} {path} {state} ({key}={value}). Fix: {rule.fix}"
 
 
-def missing_problem(key: str) -> str:
-    """The message for a mandatory value (`???`) left unset."""
-    return MISSING.get(key, f"{key} has no value (??? in the config): pass {key}=VALUE")
+def missing_problem(key: str, config_name: str | None = None) -> str:
+    """The message for a mandatory value (`???`) left unset; `config_name`'s own words first
+    (MISSING["predict:ckpt"] for conf/predict.yaml)."""
+    return MISSING.get(f"{config_name}:{key}") or MISSING.get(key, f"{key} has no value (??? in the config): "
+                                                                   f"pass {key}=VALUE")
+
+
+def runtime_problem(runtime: str, ckpt: str, gradcam_on_predict: bool) -> str | None:
+    """What is wrong with predict_dir's runtime= for the model file `ckpt` and Grad-CAM, or None:
+    runtime=torch cannot run a .onnx graph, and ONNX Runtime computes no gradients for Grad-CAM."""
+    is_onnx = ckpt.lower().endswith(".onnx")
+    if runtime == "torch" and is_onnx:
+        return (f"runtime=torch cannot run {ckpt} (an ONNX graph, no PyTorch weights). Fix: runtime=onnx, or "
+                f"ckpt=PATH to the .ckpt it was exported from")
+    if gradcam_on_predict and (runtime == "onnx" or (runtime == "auto" and is_onnx)):
+        return ("gradcam.on_predict=true needs the PyTorch model: ONNX Runtime computes no gradients. Fix: "
+                "runtime=torch with ckpt=PATH.ckpt, or gradcam.on_predict=false")
+    return None

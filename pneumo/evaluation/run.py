@@ -23,26 +23,31 @@ from pneumo.evaluation.calibration import apply_temperature, calibration_report
 from pneumo.evaluation.definedness import json_safe
 from pneumo.evaluation.gradcam import images_of, write_gradcam
 from pneumo.evaluation.metrics import clinical_report, defined_metrics, undefined_reasons
-from pneumo.evaluation.predict import predict_folder, predict_logits, write_predictions
+from pneumo.evaluation.predict import predict_logits, write_predictions
 from pneumo.evaluation.report_text import format_table
+from pneumo.evaluation.subgroups import add_subgroups, read_subgroups, requested_subgroups
 from pneumo.evaluation.report_html import write_html
 from pneumo.evaluation.trained import load_trained
 from pneumo.models.checkpoints import resolve_checkpoint_path
 from pneumo.tracking import logger as tracking
+from pneumo.tracking.registry import ResolvedModel, default_tracking_uri, is_model_uri, resolve_model
 
 log = logging.getLogger(__name__)
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
-    """The clinical report on the test split, or predictions only for an unlabelled predict_dir.
+    """The clinical report on the test split (a predict_dir never comes here: evaluate.py sends it to
+    `pneumo.deploy.bulk.run_bulk_prediction`, the one bulk-prediction path).
 
-    Returns metrics.json's payload (or predict_folder's summary). Raises what the checkpoint, the data
+    Returns metrics.json's payload. Raises what the checkpoint, the data
     module or a bad config raise; a degenerate labelled set (one class, one image, equal scores) is not
     an error. The threshold and the temperature are always the checkpoint's, never fitted on the evaluated
     set: probabilities are sigmoid(logit / T), and `calibration` reports ECE and Brier before and after.
     """
-    ckpt = resolve_checkpoint_path(str(cfg.ckpt), PROJECT_ROOT)  # a path, or best/last: the newest run's
-    if str(cfg.ckpt) in ("best", "last"):
-        print(f"ckpt={cfg.ckpt}: {ckpt}")
+    model = _resolve_model_uri(cfg)  # ckpt=models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model
+    ckpt = model.checkpoint if model else resolve_checkpoint_path(str(cfg.ckpt), PROJECT_ROOT)  # or best/last
+    if model or str(cfg.ckpt) in ("best", "last"):
+        print(f"ckpt={cfg.ckpt}: {ckpt}" + (f" (registered {model.name} version {model.version})"
+                                            if model and model.version else ""))
     cfg.ckpt = str(ckpt)
     trained = load_trained(ckpt)
     checkpoint, train_cfg, module = trained.checkpoint, trained.train_config, trained.module
@@ -51,13 +56,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,
                         enable_progress_bar=True, enable_model_summary=False)
-    if cfg.get("predict_dir"):
-        return predict_folder(cfg, train_cfg, module, trainer, threshold, output_dir, temperature)
 
     data_cfg, external = _data_config(cfg, train_cfg)
+    subgroups = requested_subgroups(cfg, data_cfg, external)  # a data set without them: exit 2 before the work
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
+    groups = read_subgroups(datamodule.source, datamodule.files["test"], subgroups)  # before any image is scored
     logits = predict_logits(trainer, module, datamodule.test_dataloader())
     probs, probs_before = apply_temperature(logits, temperature), apply_temperature(logits, 1.0)
     labels = datamodule.labels["test"].astype(int)
@@ -86,7 +91,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     report["training_validation"] = checkpoint["pneumo"].get("validation")
     report["checkpoint"] = {"path": str(Path(cfg.ckpt).resolve()),
                             "train_run": (checkpoint["pneumo"].get("mlflow") or {}).get("run_id")}
+    if model:  # what the MLflow URI named, the alias resolved to the version really evaluated
+        report["checkpoint"]["model"] = {"uri": model.uri, "name": model.name, "version": model.version}
     report["figures_left_out"] = report_pages.figures_left_out(labels)
+    add_subgroups(report, cfg, datamodule.source, groups, labels, probs, output_dir)  # + subgroups.png
     report = json_safe(report)  # NaN (e.g. the checkpoint's undefined validation NPV) -> null
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
 
@@ -110,6 +118,17 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+def _resolve_model_uri(cfg: DictConfig) -> ResolvedModel | None:
+    """ckpt= as an MLflow model URI, downloaded into the report folder's model/ (None for a path or
+    best/last). The store is the evaluation logger's tracking URI (logger.tracking_uri), else
+    MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db. Raises ModelUriError / ConnectionError
+    naming the URI and the fix."""
+    if not is_model_uri(str(cfg.ckpt)):
+        return None
+    store = default_tracking_uri(cfg.logger.tracking_uri if cfg.get("logger") else None)
+    return resolve_model(str(cfg.ckpt), store, dst=Path(cfg.output_dir) / "model")
+
+
 def _data_config(cfg: DictConfig, train_cfg: DictConfig) -> tuple[DictConfig, bool]:
     """The training run's data config, unless the command line names data: then the one composed here;
     and whether that is another data set than the model was trained on (external validation).
@@ -121,11 +140,18 @@ def _data_config(cfg: DictConfig, train_cfg: DictConfig) -> tuple[DictConfig, bo
     named = any(o.startswith("data") for o in overrides)
     chosen = cfg.data if named else train_cfg.data
     external = named and _data_source(cfg.data) != _data_source(train_cfg.data)
-    settings: dict[str, Any] = {"image_size": train_cfg.data.image_size, "channels": train_cfg.data.channels,
-                                "output_dir": cfg.output_dir, "batch_size": cfg.batch_size}
+    config = checkpoint_data_config(chosen, train_cfg, cfg.output_dir, cfg.batch_size)
     if external and "evaluate_split" in chosen and not any(o.startswith("data.evaluate_split") for o in overrides):
-        settings["evaluate_split"] = "all"
-    return OmegaConf.merge(chosen, settings), external
+        config = OmegaConf.merge(config, {"evaluate_split": "all"})
+    return config, external
+
+
+def checkpoint_data_config(data: DictConfig, train_cfg: DictConfig, output_dir: Any, batch_size: int) -> DictConfig:
+    """`data` as a checkpoint is evaluated on it: the image size and channels its model was built for
+    (from its training config `train_cfg`), the report folder and the batch size. evaluate.py and the
+    promotion (`pneumo.deploy.promote`) build their data modules from this."""
+    return OmegaConf.merge(data, {"image_size": train_cfg.data.image_size, "channels": train_cfg.data.channels,
+                                  "output_dir": str(output_dir), "batch_size": batch_size})
 
 
 def _data_source(data: DictConfig) -> str:

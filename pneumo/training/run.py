@@ -20,6 +20,7 @@ from pneumo.config import PROJECT_ROOT, flatten
 from pneumo.models.checkpoints import load_checkpoint, newest_checkpoint, weights_only_checkpoint
 from pneumo.models.factory import build_module
 from pneumo.tracking import logger as tracking
+from pneumo.search.context import trial_tags, was_pruned
 from pneumo.training.callbacks import build_callbacks
 from pneumo.training.sweep import SWEEP_ID_ENV, SWEEP_KEYS_ENV, SWEEP_TAG
 
@@ -63,8 +64,8 @@ def run_training(cfg: DictConfig) -> float:
 
     resume, resume_checkpoint = resolve_resume(cfg.get("resume"))
     resumed_run = (resume_checkpoint["pneumo"].get("mlflow") or {}).get("run_id") if resume else None
-    logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(), tags=run_tags(),
-                         run_id=resumed_run) if cfg.get("logger") else None
+    logger = instantiate(cfg.logger, run_name=cfg.run_name or describe_overrides(),
+                         tags=run_tags() | trial_tags(cfg), run_id=resumed_run) if cfg.get("logger") else None
     try:
         module = build_module(cfg, pos_weight=datamodule.pos_weight)
         module.extra_checkpoint = {"config": OmegaConf.to_container(cfg, resolve=True),
@@ -82,7 +83,8 @@ def run_training(cfg: DictConfig) -> float:
     except BaseException as error:
         # Never leave a RUNNING run behind. Ctrl-C reaches here as Lightning's sys.exit(1), SIGTERM as
         # SIGTERMException (a SystemExit whose exit code would be 0): both are KILLED, the rest FAILED.
-        stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+        # A pruned Optuna trial (TrialPruned) was stopped on purpose: KILLED too.
+        stopped = isinstance(error, (KeyboardInterrupt, SystemExit)) or was_pruned(error)
         if logger:
             tracking.end_run(logger, "KILLED" if stopped else "FAILED")
         if isinstance(error, SIGTERMException):
@@ -95,9 +97,14 @@ def run_training(cfg: DictConfig) -> float:
 
     objective = _objective(trainer, cfg.objective)
     if logger:
-        best = _record_results(logger, trainer, str(cfg.get("tracking", {}).get("log_checkpoints", "best")))
-        if cfg.get("mlflow_model") and best:
+        with_model = bool(cfg.get("mlflow_model"))
+        best = _record_results(logger, trainer, str(cfg.get("tracking", {}).get("log_checkpoints", "best")),
+                               model_carries_best=with_model)
+        if with_model and best:
             _log_best_model(logger, cfg, *best)
+        elif (cfg.get("registry") or {}).get("register"):
+            log.warning("registry.register=true but no MLflow model was logged (mlflow_model=false or no best "
+                        "checkpoint): nothing registered")
     print(where_things_went(cfg, trainer, objective, logger))
     return objective
 
@@ -203,9 +210,15 @@ def _strategy_for_freezing(cfg: DictConfig) -> dict[str, str]:
     return {}
 
 
-def _record_results(logger, trainer: L.Trainer, log_checkpoints: str = "best") -> tuple[str, dict[str, Any]] | None:
+def _record_results(logger, trainer: L.Trainer, log_checkpoints: str = "best",
+                    model_carries_best: bool = False) -> tuple[str, dict[str, Any]] | None:
     """Checkpoints (as tracking.log_checkpoints says) and the best one's operating threshold into the run;
-    returns the best checkpoint (path and contents, read once) for the model export."""
+    returns the best checkpoint (path and contents, read once) for the model export.
+
+    With `model_carries_best` (mlflow_model=true) the best epoch's weights-only checkpoint is the MLflow
+    model's one artifact (`pneumo.deploy.mlflow_model`), so `best` does not log it a second time under
+    checkpoints/: the tag `best_checkpoint_uri` says where it is (runs:/RUN_ID/model, read back by
+    `pneumo.tracking.registry.resolve_model_checkpoint`), set once the model is logged."""
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None:
         return None
@@ -216,7 +229,9 @@ def _record_results(logger, trainer: L.Trainer, log_checkpoints: str = "best") -
         return None
     tracking.set_tag(logger, "best_checkpoint", Path(checkpoint.best_model_path).name)
     best = load_checkpoint(checkpoint.best_model_path)
-    if log_checkpoints == "best":  # weights and metadata only: a third of the size, enough to evaluate and serve
+    # Weights and metadata only (a third of the size, enough to evaluate and serve); with the MLflow model
+    # it is stored once, as the model's artifact.
+    if log_checkpoints == "best" and not model_carries_best:
         with tempfile.TemporaryDirectory() as folder:
             slim = Path(folder) / Path(checkpoint.best_model_path).name
             torch.save(weights_only_checkpoint(best), slim)
@@ -229,15 +244,22 @@ def _record_results(logger, trainer: L.Trainer, log_checkpoints: str = "best") -
 
 
 def _log_best_model(logger, cfg: DictConfig, path: str, checkpoint: dict[str, Any]) -> None:
-    """The best checkpoint's weights, in MLflow's model format, beside the run's checkpoints."""
-    from pneumo.evaluation.calibration import checkpoint_temperature
-    from pneumo.models.checkpoints import load_weights
-    from pneumo.tracking.serving import log_serving_model
+    """The best checkpoint, weights only, as the run's MLflow pyfunc model `model`; registered as a new
+    version of registry.name when registry.register=true."""
+    from pneumo.deploy.mlflow_model import log_pyfunc_model
+    from pneumo.deploy.registry import register_model
 
-    module = build_module(cfg, train=False)
-    load_weights(module, checkpoint, path)
-    logger.guard("the MLflow model", log_serving_model, logger, module, cfg.data.image_size, cfg.data.channels,
-                 temperature=checkpoint_temperature(checkpoint["pneumo"]), record=path)
+    model_uri = logger.guard("the MLflow model", log_pyfunc_model, logger.tracking_uri, logger.run_id, checkpoint,
+                             Path(path).name, record=path)
+    if model_uri:  # where the best weights are, since checkpoints/ does not repeat them
+        tracking.set_tag(logger, "best_checkpoint_uri", f"runs:/{logger.run_id}/model")
+    registry = cfg.get("registry") or {}
+    if model_uri and registry.get("register"):
+        validation = (checkpoint["pneumo"].get("validation") or {}).get("at_threshold") or {}
+        tags = {"pneumo.checkpoint": Path(path).name, **{f"pneumo.val_{key}": str(validation[key])
+                                                         for key in ("auroc", "sensitivity") if key in validation}}
+        logger.guard(f"the registration as {registry.name}", register_model, logger.tracking_uri, model_uri,
+                     str(registry.name), logger.run_id, tags, record=model_uri)
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:

@@ -73,7 +73,8 @@ def test_values_out_of_range_are_all_reported_in_one_message(tmp_path):
 
 def test_evaluate_without_a_checkpoint_says_what_to_pass(tmp_path):
     stderr = _refused("evaluate.py", tmp_path)
-    assert stderr.strip() == "Error: evaluate.py needs ckpt=PATH to a .ckpt written by train.py (or ckpt=last)"
+    assert stderr.strip() == ("Error: evaluate.py needs ckpt=PATH to a .ckpt written by train.py (or ckpt=last, or "
+                              "an MLflow model such as ckpt=models:/pneumo@champion)")
 
 
 def test_unknown_model_or_data_lists_the_choices(tmp_path):
@@ -167,10 +168,19 @@ def test_every_shipped_config_passes_the_schema():
     assert command_line_problem("evaluate", ["ckpt=last"]) is None
     assert command_line_problem("evaluate", ["ckpt=last", "data=synthetic_table"]) is None
     assert command_line_problem("audit", []) is None and command_line_problem("audit", ["audit.fail_on=leak"]) is None
+    assert command_line_problem("promote", ["version=1"]) is None
     with composer() as compose:  # the table covers keys that exist
         keys = {key for name in ("train", "evaluate", "audit")
                 for key in _keys(compose(name, ["ckpt=x"] if name == "evaluate" else []))}
         keys |= _keys(compose("train", ["data=table"])) | _keys(compose("train", ["model=resnet18"]))
+        keys |= _keys(compose("promote", ["version=1"]))
+        keys |= _keys(compose("export", ["ckpt=x"])) | _keys(compose("predict", ["ckpt=x", "predict_dir=x"]))
+    from pneumo.app.settings import register_config
+
+    app = register_config()  # the review page's config lives in Hydra's config store (its `model` is a path)
+    assert command_line_problem(app, ["model=models:/pneumo@champion"], config_dir=None) is None
+    with composer(config_dir=None) as compose:
+        keys |= _keys(compose(app, ["model=x"]))
     assert set(SCHEMA) <= keys, sorted(set(SCHEMA) - keys)
 
 

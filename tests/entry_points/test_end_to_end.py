@@ -44,14 +44,19 @@ def test_training_logs_every_metric_once_per_epoch(trained):
     assert run.data.tags["threshold.policy"] in ("sensitivity", "fixed")
     assert 0 <= float(run.data.tags["threshold.value"]) <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"checkpoints", "config", "data", "figures"} <= artifacts
-    checkpoints = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
-    # tracking.log_checkpoints=best (the default): the best epoch's weights only, no second copy of last.ckpt
-    assert len(checkpoints) == 1 and Path(checkpoints[0]).name.startswith("best-epoch"), checkpoints
-    assert all("=" not in p for p in checkpoints)
+    assert {"config", "data", "figures"} <= artifacts
+    # tracking.log_checkpoints=best with mlflow_model=true (the defaults): the best epoch's weights only, stored
+    # once, as the MLflow model's artifact; checkpoints/ does not repeat them, and holds no last.ckpt
+    assert "checkpoints" not in artifacts
+    assert run.data.tags["best_checkpoint_uri"] == f"runs:/{run.info.run_id}/model"
     import torch
 
-    logged = torch.load(client.download_artifacts(run.info.run_id, checkpoints[0], str(tmp)), weights_only=True)
+    from pneumo.tracking.registry import resolve_model_checkpoint
+
+    checkpoint = resolve_model_checkpoint(run.data.tags["best_checkpoint_uri"], f"sqlite:///{tmp}/mlruns/mlflow.db",
+                                          tmp / "model")
+    assert checkpoint.name.startswith("best-epoch") and "=" not in checkpoint.name, checkpoint
+    logged = torch.load(checkpoint, weights_only=True)
     assert {"state_dict", "pneumo"} <= set(logged) and "optimizer_states" not in logged and "loops" not in logged
     summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/summary.json", str(tmp))).read_text())
     assert sum(summary["counts"]["train"].values()) + sum(summary["counts"]["val"].values()) == 80
