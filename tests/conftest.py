@@ -119,3 +119,15 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     result = run_entry_point("train.py", *TINY_DATA, "trainer.max_epochs=2", *isolated_overrides(folder))
     assert result.returncode == 0, result.stderr[-3000:]
     return TrainedRun(folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_project():
+    """No test may write MLflow files into the project: MLflow falls back to ./mlflow.db and ./mlruns/<id>/
+    when a store or an experiment's artifact location is not passed on. Checked once, after the session."""
+    root_store = PROJECT_ROOT / "mlflow.db"
+    before = root_store.exists(), {p.name for p in (PROJECT_ROOT / "mlruns").iterdir()}
+    yield
+    after = root_store.exists(), {p.name for p in (PROJECT_ROOT / "mlruns").iterdir()}
+    assert after[0] <= before[0], f"a test wrote {root_store}"
+    assert after[1] <= before[1], f"a test wrote into {PROJECT_ROOT / 'mlruns'}: {sorted(after[1] - before[1])}"
