@@ -52,10 +52,11 @@ def registry_client(tracking_uri: str) -> MlflowClient:
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, run_id: str,
-                   tags: dict[str, str] | None = None) -> ModelVersion:
+                   tags: dict[str, str] | None = None, data_option: str | None = None) -> ModelVersion:
     """Register `model_uri` (the run's logged pyfunc model) as a new version of `name`, creating the
     registered model on first use; `tags` go on the version with `pneumo.train_run_id`. No alias is set:
-    the champion changes only through `python -m pneumo.promote`.
+    the champion changes only through `python -m pneumo.promote`, whose command is logged (with
+    `data=<data_option>`, the data config the model was trained on, when given).
 
     Raises what MLflow raises when the store refuses (the training run calls this through its logger's guard).
     """
@@ -72,8 +73,8 @@ def register_model(tracking_uri: str, model_uri: str, name: str, run_id: str,
     with default_store(tracking_uri):
         version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                               tags={f"{TAG_PREFIX}train_run_id": run_id, **(tags or {})})
-    log.info("registered as %s version %s: promote it with\n  python -m pneumo.promote name=%s version=%s",
-             name, version.version, name, version.version)
+    log.info("registered as %s version %s: promote it with\n  python -m pneumo.promote name=%s version=%s%s",
+             name, version.version, name, version.version, f" data={data_option}" if data_option else "")
     return version
 
 

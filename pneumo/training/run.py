@@ -258,8 +258,9 @@ def _log_best_model(logger, cfg: DictConfig, path: str, checkpoint: dict[str, An
         validation = (checkpoint["pneumo"].get("validation") or {}).get("at_threshold") or {}
         tags = {"pneumo.checkpoint": Path(path).name, **{f"pneumo.val_{key}": str(validation[key])
                                                          for key in ("auroc", "sensitivity") if key in validation}}
+        data_option = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
         logger.guard(f"the registration as {registry.name}", register_model, logger.tracking_uri, model_uri,
-                     str(registry.name), logger.run_id, tags, record=model_uri)
+                     str(registry.name), logger.run_id, tags, data_option, record=model_uri)
 
 
 def _objective(trainer: L.Trainer, name: str) -> float:
