@@ -43,7 +43,18 @@ def describe_overrides() -> str | None:
         kept = [o for o in overrides if o.split("=", 1)[0] in swept]
     else:
         kept = [o for o in overrides if not o.startswith(_NOT_IN_RUN_NAME)]
-    return ",".join(kept) or None
+    return ",".join(_short(o) for o in kept) or None
+
+
+def _short(override: str) -> str:
+    """An override as a run name shows it: a float drawn by a search to 4 significant digits
+    ('optim.lr=0.0001329291894316216' -> 'optim.lr=0.0001329'); the params keep the full value."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if "." in value or "e" in value.lower() else override
 
 
 def run_tags() -> dict[str, str]:

@@ -77,3 +77,16 @@ def test_launcher_configs_compose():
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.partition == "gpu"
     assert slurm.hydra.launcher.gpus_per_node == 1
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("optim.lr=0.0001329291894316216", "optim.lr=0.0001329"),  # a value a search drew
+    ("model.net.dropout=0.5704285838459496", "model.net.dropout=0.5704"),
+    ("augment.strength=0.5", "augment.strength=0.5"), ("augment.strength=0", "augment.strength=0"),
+    ("optim.lr=1e-3", "optim.lr=0.001"), ("model=efficientnet_lite0", "model=efficientnet_lite0"),
+    ("optuna.trial_number=12", "optuna.trial_number=12"),
+])
+def test_run_names_show_drawn_floats_to_four_digits(override, shown):
+    from pneumo.training.run import _short
+
+    assert _short(override) == shown
