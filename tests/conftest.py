@@ -90,6 +90,16 @@ def mlflow_server(tmp_path):
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test's changes to os.environ end with it: an in-process search publishes variables (its
+    context, the sweep keys) that would otherwise reach the subprocesses of every later test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 # The demo set at test scale, as the entry-point tests write it on the command line.
 TINY_DATA = ["data=synthetic", "data.synthetic.n_train=80", "data.synthetic.n_test=40",
              "data.synthetic.min_side=512", "data.synthetic.max_side=640", "data.image_size=64"]

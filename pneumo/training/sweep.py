@@ -11,7 +11,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ class SweepSummary(Callback):
         sweep_id = os.environ.get(SWEEP_ID_ENV)
         if not sweep_id or not config.get("logger"):
             return
-        if os.environ.get(SEARCH_ENV):  # an Optuna search: its sweeper printed the study's table and filled
-            return                      # the study's MLflow parent run, which spans resumed sweeps too
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+        if os.environ.get(SEARCH_ENV) or "pneumo_optuna_sweeper" in sweeper:  # an Optuna search: its sweeper
+            return  # printed the study's table and filled the study's MLflow parent run (spanning resumed sweeps)
         from mlflow import MlflowClient
 
         from pneumo.tracking.logger import ui_hint
