@@ -51,9 +51,9 @@ def test_four_parallel_joblib_jobs_share_one_sqlite_store(tmp_path):
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2
         # mlflow_model=true: the best weights are stored once, as the MLflow model's artifact
-        [weights] = [a.path for a in client.list_artifacts(run.info.run_id, "model/artifacts")
-                     if a.path.endswith(".ckpt")]
-        assert "=" not in weights and "best-epoch" in weights, weights
+        assert run.data.tags["best_checkpoint_uri"] == f"runs:/{run.info.run_id}/model"
+    weights = sorted(path.name for path in (tmp_path / "art").rglob("*.ckpt"))  # the four models' one file each
+    assert len(weights) == 4 and all("=" not in name and name.startswith("best-epoch") for name in weights), weights
     assert [a.path for a in client.list_artifacts(summary.info.run_id)] == ["sweep_summary.md"]
     assert summary.data.metrics == {}  # no one-bar charts above the training runs' in the charts view
     best = max(jobs, key=lambda r: r.data.metrics["val/auroc"])
