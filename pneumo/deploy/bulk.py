@@ -15,8 +15,6 @@ from typing import Any
 
 from pneumo.deploy.onnx_runtime import OnnxModel
 from pneumo.evaluation.predict import Scorer, file_sha256, stream_folder, torch_scorer
-from pneumo.models.checkpoints import resolve_checkpoint_path
-from pneumo.paths import PROJECT_ROOT
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -66,20 +64,12 @@ def model_path(cfg: Any) -> Path:
     model URI (models:/NAME@ALIAS, runs:/ID/model), downloaded into the output folder from the store
     `pneumo.tracking.registry.default_tracking_uri` picks (tracking_uri=, else logger.tracking_uri, ...).
 
-    Raises what `resolve_checkpoint_path` and `pneumo.tracking.registry.resolve_model_checkpoint` raise.
+    Raises what `pneumo.evaluation.trained.locate_checkpoint` raises.
     """
-    from pneumo.tracking.registry import default_tracking_uri, is_model_uri, resolve_model_checkpoint  # MLflow: here
+    from pneumo.evaluation.trained import locate_checkpoint
 
-    value = str(cfg.ckpt)
-    if is_model_uri(value):
-        explicit = cfg.get("tracking_uri") or (cfg.logger.tracking_uri if cfg.get("logger") else None)
-        store = default_tracking_uri(explicit)
-        path = resolve_model_checkpoint(value, store, Path(cfg.output_dir) / "model")
-    else:
-        path = resolve_checkpoint_path(value, PROJECT_ROOT)
-    if path != Path(value).expanduser():
-        print(f"ckpt={value}: {path}")
-    return path
+    explicit = cfg.get("tracking_uri") or (cfg.logger.tracking_uri if cfg.get("logger") else None)
+    return locate_checkpoint(str(cfg.ckpt), explicit, Path(cfg.output_dir) / "model")[0]
 
 
 def run_bulk_prediction(cfg: Any) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.config import PROJECT_ROOT
 from pneumo.data.labels import CLASS_NAMES
 from pneumo.evaluation import report as report_pages
 from pneumo.evaluation.calibration import apply_temperature, calibration_report
@@ -27,10 +26,8 @@ from pneumo.evaluation.predict import predict_logits, write_predictions
 from pneumo.evaluation.report_text import format_table
 from pneumo.evaluation.subgroups import add_subgroups, read_subgroups, requested_subgroups
 from pneumo.evaluation.report_html import write_html
-from pneumo.evaluation.trained import load_trained
-from pneumo.models.checkpoints import resolve_checkpoint_path
+from pneumo.evaluation.trained import load_trained, locate_checkpoint
 from pneumo.tracking import logger as tracking
-from pneumo.tracking.registry import ResolvedModel, default_tracking_uri, is_model_uri, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +40,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     an error. The threshold and the temperature are always the checkpoint's, never fitted on the evaluated
     set: probabilities are sigmoid(logit / T), and `calibration` reports ECE and Brier before and after.
     """
-    model = _resolve_model_uri(cfg)  # ckpt=models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model
-    ckpt = model.checkpoint if model else resolve_checkpoint_path(str(cfg.ckpt), PROJECT_ROOT)  # or best/last
-    if model or str(cfg.ckpt) in ("best", "last"):
-        print(f"ckpt={cfg.ckpt}: {ckpt}" + (f" (registered {model.name} version {model.version})"
-                                            if model and model.version else ""))
+    # A path, best/last, or an MLflow model URI looked up in the evaluation logger's store
+    ckpt, model = locate_checkpoint(str(cfg.ckpt), cfg.logger.tracking_uri if cfg.get("logger") else None,
+                                    Path(cfg.output_dir) / "model")
     cfg.ckpt = str(ckpt)
     trained = load_trained(ckpt)
     checkpoint, train_cfg, module = trained.checkpoint, trained.train_config, trained.module
@@ -116,17 +111,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     print(f"\nReport: {output_dir / 'report.html'} (figures inside; report.md, metrics.json, predictions.csv "
           f"and the figures beside it)")
     return report
-
-
-def _resolve_model_uri(cfg: DictConfig) -> ResolvedModel | None:
-    """ckpt= as an MLflow model URI, downloaded into the report folder's model/ (None for a path or
-    best/last). The store is the evaluation logger's tracking URI (logger.tracking_uri), else
-    MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db. Raises ModelUriError / ConnectionError
-    naming the URI and the fix."""
-    if not is_model_uri(str(cfg.ckpt)):
-        return None
-    store = default_tracking_uri(cfg.logger.tracking_uri if cfg.get("logger") else None)
-    return resolve_model(str(cfg.ckpt), store, dst=Path(cfg.output_dir) / "model")
 
 
 def _data_config(cfg: DictConfig, train_cfg: DictConfig) -> tuple[DictConfig, bool]:

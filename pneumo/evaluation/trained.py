@@ -93,3 +93,24 @@ def load_trained(path: str | Path) -> TrainedModel:
         threshold=dict(checkpoint["pneumo"].get("threshold") or {"policy": "fixed", "value": 0.5}),
         calibration=dict(checkpoint["pneumo"].get("calibration") or {"method": "none"}),  # older: T = 1
         temperature=temperature)
+
+
+def locate_checkpoint(value: str, tracking_uri: str | None, download_dir: Path) -> tuple[Path, Any]:
+    """The checkpoint file `ckpt=` names, for evaluate.py and bulk prediction alike: a path (returned as
+    given), `best` / `last` (the newest run's, `pneumo.models.checkpoints.resolve_checkpoint_path`), or an
+    MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model) downloaded into
+    `download_dir` from the store `pneumo.tracking.registry.default_tracking_uri(tracking_uri)` picks.
+    Prints what a name or URI resolved to. Returns (path, the `ResolvedModel` for a URI or None).
+
+    Raises what `resolve_checkpoint_path` and `pneumo.tracking.registry.resolve_model` raise.
+    """
+    from pneumo.models.checkpoints import resolve_checkpoint_path
+    from pneumo.paths import PROJECT_ROOT
+    from pneumo.tracking.registry import default_tracking_uri, is_model_uri, resolve_model  # MLflow: only here
+
+    model = resolve_model(value, default_tracking_uri(tracking_uri), dst=download_dir) if is_model_uri(value) else None
+    path = model.checkpoint if model else resolve_checkpoint_path(value, PROJECT_ROOT)
+    if path != Path(value).expanduser():
+        registered = f" (registered {model.name} version {model.version})" if model and model.version else ""
+        print(f"ckpt={value}: {path}{registered}")
+    return path, model
